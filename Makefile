@@ -17,14 +17,14 @@ INVENTORY ?= inventories/local
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 COLLECTION_BUILD := $(CURDIR)/.build/ansible_collections/venta/deploy
 
-.PHONY: help bootstrap venv lint sanity unit molecule test lab-up lab-down demo lock clean
+.PHONY: help bootstrap venv lint sanity pytest molecule test lab-up lab-down demo lock clean
 
 help:
 	@echo "make demo       bring the lab up and deploy the stack to it"
 	@echo "make test       lint, sanity, unit tests and every Molecule scenario"
 	@echo "make lint       ansible-lint (production profile) and ruff"
 	@echo "make sanity     ansible-test sanity on the collection's plugins"
-	@echo "make unit       pytest unit tests"
+	@echo "make pytest     pytest: unit tests of the plugins and tools, role validation tests"
 	@echo "make molecule   Molecule scenarios ($(SCENARIOS))"
 	@echo "make lab-up     create the lab hosts, the registry and push the lab images"
 	@echo "make lab-down   remove the lab hosts"
@@ -51,8 +51,8 @@ sanity:
 	cd $(COLLECTION_BUILD) && git init -q && git add -A && \
 	  $(CURDIR)/.venv-sanity/bin/ansible-test sanity --python 3.11 --requirements --local --color no
 
-unit: venv
-	pytest tests/unit
+pytest: venv
+	pytest tests/unit tests/integration
 
 molecule: bootstrap
 	@failed=""; for s in $(SCENARIOS); do \
@@ -62,7 +62,7 @@ molecule: bootstrap
 	if [ -n "$$failed" ]; then echo "Molecule scenarios failed:$$failed"; exit 1; fi; \
 	echo "Molecule scenarios passed: $(SCENARIOS)"
 
-test: lint sanity unit molecule
+test: lint sanity pytest molecule
 
 lab-up: bootstrap
 	ansible-playbook tools/lab/lab.yml -i $(INVENTORY)
@@ -72,7 +72,7 @@ lab-down: venv
 
 demo: lab-up
 	ansible-playbook playbooks/deploy.yml -i $(INVENTORY)
-	ansible-playbook playbooks/lab_status.yml -i $(INVENTORY)
+	ansible-playbook playbooks/lab_smoke.yml -i $(INVENTORY)
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock:

@@ -1,0 +1,101 @@
+"""Bad input fails before any change, with a message that names the variable.
+
+Each case includes one role on localhost with wrong variables (as extra vars, the way an operator
+overrides) and expects the run to stop at the role's argument validation or its first validation
+task: the play fails, the output names the variable, and nothing was changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+
+PLAYBOOK = """\
+- name: Include one role with bad input
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Include the role under test
+      ansible.builtin.include_role:
+        name: venta.deploy.{role}
+"""
+
+CASES = [
+    # (role, bad variables, text the failure must contain)
+    ("common", {"common_ssh_permit_root_login": "yes"}, "common_ssh_permit_root_login"),
+    ("common", {"common_firewall_allowed_tcp_ports": ["ssh"]}, "common_firewall_allowed_tcp_ports"),
+    ("common", {"common_users": [{"sudo": True}]}, "common_users"),
+    ("docker_host", {"docker_host_nofile_limit": "lots"}, "docker_host_nofile_limit"),
+    (
+        "docker_host",
+        {"docker_host_registry_username": "deploy", "docker_host_registry_password": "x"},
+        "docker_host_registry",
+    ),
+    ("docker_host", {"docker_host_nofile_limit": 99999999}, "docker_host_nofile_limit"),
+    (
+        "registry",
+        {"registry_tls_mode": "selfsigned", "registry_users": [{"username": "a", "password": "b"}]},
+        "registry_tls_mode",
+    ),
+    (
+        "registry",
+        {"registry_tls_mode": "provided", "registry_users": [{"username": "a", "password": "b"}]},
+        "registry_tls_cert",
+    ),
+    ("registry", {"registry_users": [{"username": "a"}]}, "registry_users"),
+    ("pki", {"pki_certificates": [{"name": "web"}]}, "pki_certificates"),
+    ("pki", {"pki_cert_valid_days": "a year"}, "pki_cert_valid_days"),
+]
+
+
+def _run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(PLAYBOOK.format(role=role))
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(variables))
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_CACHE_PLUGIN="memory",
+        ANSIBLE_NOCOLOR="1",
+    )
+    return subprocess.run(
+        [
+            ANSIBLE_PLAYBOOK,
+            *("-i", "localhost,", str(playbook), "-e", f"@{extra}"),
+            *("-e", f"ansible_python_interpreter={sys.executable}"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "variables", "expected"),
+    CASES,
+    ids=[f"{c[0]}-{next(iter(c[1]))}-{i}" for i, c in enumerate(CASES)],
+)
+def test_bad_input_stops_before_any_change(
+    role: str, variables: dict, expected: str, tmp_path: Path
+) -> None:
+    result = _run_role(role, variables, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert expected in output, output
+    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", output)
+    assert recap is not None, output
+    assert recap.group(1) == "0", output
