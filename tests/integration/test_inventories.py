@@ -1,4 +1,4 @@
-"""Every inventory parses, has every group the playbooks use, and every playbook passes syntax-check."""
+"""Every inventory parses with every group, and every playbook passes syntax-check."""
 
 from __future__ import annotations
 
