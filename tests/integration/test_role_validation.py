@@ -23,7 +23,7 @@ PLAYBOOK = """\
 - name: Include one role with bad input
   hosts: localhost
   connection: local
-  gather_facts: false
+  gather_facts: true
   tasks:
     - name: Include the role under test
       ansible.builtin.include_role:
@@ -55,6 +55,31 @@ CASES = [
     ("registry", {"registry_users": [{"username": "a"}]}, "registry_users"),
     ("pki", {"pki_certificates": [{"name": "web"}]}, "pki_certificates"),
     ("pki", {"pki_cert_valid_days": "a year"}, "pki_cert_valid_days"),
+    ("postgresql", {"postgresql_role": "replica"}, "postgresql_primary_host"),
+    ("postgresql", {"postgresql_role": "standby"}, "postgresql_role"),
+    (
+        "postgresql",
+        {"postgresql_role": "primary", "postgresql_archive_mode": "on"},
+        "postgresql_archive_command",
+    ),
+    (
+        "postgresql",
+        {"postgresql_role": "primary", "postgresql_archive_command": "/bin/true"},
+        "postgresql_archive_command",
+    ),
+    (
+        "postgresql",
+        {"postgresql_role": "primary", "postgresql_memory_mb": 100},
+        "postgresql_memory_mb",
+    ),
+    (
+        "postgresql",
+        {
+            "postgresql_role": "primary",
+            "postgresql_databases": [{"name": "orders", "owner": "orders", "password": ""}],
+        },
+        "postgresql_databases",
+    ),
 ]
 
 
