@@ -80,6 +80,25 @@ CASES = [
         },
         "postgresql_databases",
     ),
+    ("redis", {}, "redis_admin_password"),
+    (
+        "redis",
+        {"redis_admin_password": "a-long-enough-admin-pw", "redis_bind_addresses": ["0.0.0.0"]},
+        "redis_bind_addresses",
+    ),
+    (
+        "redis",
+        {"redis_admin_password": "a-long-enough-admin-pw", "redis_appendfsync": "sometimes"},
+        "redis_appendfsync",
+    ),
+    (
+        "redis",
+        {
+            "redis_admin_password": "a-long-enough-admin-pw",
+            "redis_users": [{"name": "geolocation", "keys": ["~geolocation:*"]}],
+        },
+        "redis_users",
+    ),
 ]
 
 
@@ -112,7 +131,7 @@ def _run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.Complete
 @pytest.mark.parametrize(
     ("role", "variables", "expected"),
     CASES,
-    ids=[f"{c[0]}-{next(iter(c[1]))}-{i}" for i, c in enumerate(CASES)],
+    ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)],
 )
 def test_bad_input_stops_before_any_change(
     role: str, variables: dict, expected: str, tmp_path: Path
