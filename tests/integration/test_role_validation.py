@@ -3,6 +3,8 @@
 Each case includes one role on localhost with wrong variables (as extra vars, the way an operator
 overrides) and expects the run to stop at the role's argument validation or its first validation
 task: the play fails, the output names the variable, and nothing was changed.
+
+Only bad input belongs here: a case with valid input would configure the machine running the test.
 """
 
 from __future__ import annotations
@@ -98,6 +100,27 @@ CASES = [
             "redis_users": [{"name": "geolocation", "keys": ["~geolocation:*"]}],
         },
         "redis_users",
+    ),
+    ("nginx_edge", {"nginx_edge_tls_mode": "selfsigned"}, "nginx_edge_tls_mode"),
+    ("nginx_edge", {"nginx_edge_tls_mode": "provided"}, "nginx_edge_tls_cert"),
+    (
+        "nginx_edge",
+        {"nginx_edge_tls_mode": "provided", "nginx_edge_tls_cert": "-----BEGIN CERTIFICATE-----"},
+        "nginx_edge_tls_key",
+    ),
+    ("nginx_edge", {"nginx_edge_server_names": ["bad name!"]}, "nginx_edge_server_names"),
+    (
+        "nginx_edge",
+        {
+            "nginx_edge_services": [
+                {
+                    "name": "api-gateway",
+                    "locations": ["/api/"],
+                    "backends": {"purple": ["app1:15002"]},
+                }
+            ]
+        },
+        "nginx_edge_services",
     ),
 ]
 
