@@ -122,6 +122,9 @@ CASES = [
         },
         "nginx_edge_services",
     ),
+    ("nats", {"nats_cluster_hosts": ["localhost"]}, "nats_cluster_hosts"),
+    ("nats", {"nats_tls_mode": "bogus"}, "nats_tls_mode"),
+    ("nats", {"nats_cluster_password": "x" * 20}, "nats_accounts"),
 ]
 
 
