@@ -38,8 +38,8 @@ venv:
 
 lint: venv
 	ansible-lint --profile production
-	ruff check plugins tests tools
-	ruff format --check plugins tests tools
+	ruff check plugins tests tools molecule
+	ruff format --check plugins tests tools molecule
 
 # ansible-test needs the collection under ansible_collections/venta/deploy: sanity runs on a copy
 # of the tracked files there, with its own virtualenv (see tools/bootstrap sanity).
