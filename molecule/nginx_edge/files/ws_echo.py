@@ -74,37 +74,39 @@ def main() -> int:
         f"GET {args.path} HTTP/1.1\r\nHost: {args.server_name}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    with socket.create_connection((args.host, args.port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=args.server_name) as sock:
-            sock.sendall(request.encode())
-            buffer = bytearray()
-            while b"\r\n\r\n" not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("connection closed during the handshake")
-                buffer.extend(chunk)
-            head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-            buffer = bytearray(rest)
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-            result = {
-                "status": int(lines[0].split()[1]),
-                "accept_ok": headers.get("sec-websocket-accept") == expected,
-                "tls": sock.version(),
-                "colour": headers.get("x-venta-colour", ""),
-                "request_id": headers.get("x-request-id", ""),
-                "echo": None,
-            }
-            if result["status"] == 101:
-                sock.sendall(frame(0x1, args.message.encode()))
-                opcode, payload = read_frame(sock, buffer)
-                if opcode == 0x1:
-                    result["echo"] = payload.decode()
-                sock.sendall(frame(0x8, struct.pack("!H", 1000)))
+    with (
+        socket.create_connection((args.host, args.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=args.server_name) as sock,
+    ):
+        sock.sendall(request.encode())
+        buffer = bytearray()
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed during the handshake")
+            buffer.extend(chunk)
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        buffer = bytearray(rest)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        result = {
+            "status": int(lines[0].split()[1]),
+            "accept_ok": headers.get("sec-websocket-accept") == expected,
+            "tls": sock.version(),
+            "colour": headers.get("x-venta-colour", ""),
+            "request_id": headers.get("x-request-id", ""),
+            "echo": None,
+        }
+        if result["status"] == 101:
+            sock.sendall(frame(0x1, args.message.encode()))
+            opcode, payload = read_frame(sock, buffer)
+            if opcode == 0x1:
+                result["echo"] = payload.decode()
+            sock.sendall(frame(0x8, struct.pack("!H", 1000)))
     print(json.dumps(result))
     return 0 if result["echo"] == args.message else 1
 
