@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A tiny NATS client for the Molecule verify: the text protocol over TLS and the JetStream API.
 
 Standard library only (Debian bookworm has no NATS CLI). Every command prints one JSON object on

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Open a WebSocket over TLS (standard library only), send one text message, print the echo.
 
 Prints one JSON object: the handshake status, whether Sec-WebSocket-Accept was right, the TLS
@@ -85,12 +84,12 @@ def main() -> int:
             if not chunk:
                 raise ConnectionError("connection closed during the handshake")
             buffer.extend(chunk)
-        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        head, _sep, rest = bytes(buffer).partition(b"\r\n\r\n")
         buffer = bytearray(rest)
         lines = head.decode("latin-1").split("\r\n")
         headers = {}
         for line in lines[1:]:
-            name, _, value = line.partition(":")
+            name, _colon, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
         result = {
