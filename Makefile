@@ -55,10 +55,12 @@ pytest: venv
 	pytest tests/unit tests/integration
 
 molecule: bootstrap
-	@failed=""; for s in $(SCENARIOS); do \
-	  echo "=== molecule test -s $$s"; \
+	@failed=""; times=""; for s in $(SCENARIOS); do \
+	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
 	  molecule test -s $$s || failed="$$failed $$s"; \
+	  times="$$times $$s=$$(( $$(date +%s) - start ))s"; \
 	done; \
+	echo "Molecule wall time per scenario:$$times"; \
 	if [ -n "$$failed" ]; then echo "Molecule scenarios failed:$$failed"; exit 1; fi; \
 	echo "Molecule scenarios passed: $(SCENARIOS)"
 
