@@ -74,7 +74,7 @@ lab-down: venv
 
 demo: lab-up
 	ansible-playbook playbooks/deploy.yml -i $(INVENTORY)
-	ansible-playbook playbooks/lab_smoke.yml -i $(INVENTORY)
+	ansible-playbook playbooks/status.yml -i $(INVENTORY)
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock:

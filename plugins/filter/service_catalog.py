@@ -39,7 +39,7 @@ options:
     type: dict
     default: {}
   overrides:
-    description: Per-service changes from the inventory, by service name (C(venta_catalog_overrides)).
+    description: Per-service changes from the inventory, by name (C(venta_catalog_overrides)).
     type: dict
     default: {}
   select_domains:
