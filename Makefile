@@ -29,6 +29,8 @@ help:
 	@echo "make lab-up     create the lab hosts, the registry and push the lab images"
 	@echo "make lab-down   remove the lab hosts"
 	@echo "make bootstrap  install Debian packages, the virtualenv, the engine and the lab images"
+	@echo "make k8s-up     start the local Kubernetes control plane + kwok nodes on 127.0.0.1"
+	@echo "make k8s-down   stop it and remove its run dir"
 
 bootstrap:
 	tools/bootstrap all
@@ -75,6 +77,15 @@ lab-down: venv
 demo: lab-up
 	ansible-playbook playbooks/deploy.yml -i $(INVENTORY)
 	ansible-playbook playbooks/status.yml -i $(INVENTORY)
+
+# The local Kubernetes control plane (tools/k8s/cluster; binaries built once from Go modules and
+# cached in ~/.cache/venta/k8s/bin). Then: eval "$$(tools/k8s/cluster env)".
+.PHONY: k8s-up k8s-down
+k8s-up: venv
+	tools/k8s/cluster up
+
+k8s-down:
+	tools/k8s/cluster down
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock:
