@@ -499,6 +499,13 @@ class Switcher:
                     )
                     for backend in plan.backends[colour]
                 )
+        unchecked = [c for c in plan.live_colours() if not any(t.colour == c for t in targets)]
+        if unchecked:
+            raise SwitchError(
+                f"{self.request.service}: no health check applies to {unchecked[0]}, which "
+                f"would get weight {plan.after_entry['weights'][unchecked[0]]}; add a path check "
+                f"or a url check with colour: {unchecked[0]} to health_checks"
+            )
         return targets
 
     @staticmethod

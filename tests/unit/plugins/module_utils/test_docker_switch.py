@@ -369,6 +369,13 @@ def test_a_url_check_runs_once_for_its_colour(edge: Edge) -> None:
     assert [h["url"] for h in result["health"]] == ["http://app1:25002/ready"]
 
 
+def test_a_live_colour_without_any_check_is_refused(edge: Edge) -> None:
+    checks = [{"url": "http://app1:25002/ready", "colour": "green"}]
+    with pytest.raises(SwitchError, match="no health check applies to blue"):
+        switch(edge, weights={"blue": 90, "green": 10}, health_checks=checks)
+    assert edge.commands == []
+
+
 def test_a_missing_upstream_directory_is_explained(edge: Edge, tmp_path: Path) -> None:
     with pytest.raises(SwitchError, match="nginx_edge role first"):
         switch(edge, upstream_dir=str(tmp_path / "nope"))
