@@ -124,8 +124,8 @@ def test_missing_secret_and_unreachable_registry_are_listed_together(tmp_path):
             "service webhooks has no image: set venta_catalog_overrides.webhooks.image",
         ),
         (
-            ["-e", '{"venta_catalog_overrides": {"geolocation": {"resources": {"memory_limit": ""}}}}'],
-            "resources.memory_limit is not set",
+            ["-e", '{"venta_catalog_overrides": {"webhooks": {"resources": {"cpu_limit": ""}}}}'],
+            "resources.cpu_limit is not set",
         ),
     ],
 )
