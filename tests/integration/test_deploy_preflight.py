@@ -56,6 +56,8 @@ def write_inventory(tmp_path: Path, secrets: dict[str, str]) -> Path:
                 "ansible_python_interpreter": sys.executable,
                 "venta_registry": "127.0.0.1:9",
                 "venta_registry_password": "pf-secret-registry",
+                "redis_admin_password": "pf-secret-redis-admin",
+                "nats_cluster_password": "pf-secret-nats-cluster",
                 **secrets,
             },
             "children": groups,
@@ -107,8 +109,15 @@ def test_missing_secret_and_unreachable_registry_are_listed_together(tmp_path):
     assert "Preflight found 2 problem(s); nothing was changed" in out
     assert "secret vault_nats_webhooks_password (nats password of webhooks) is not set" in out
     assert "registry https://127.0.0.1:9/v2/ is not reachable from pf-app1" in out
-    leaked = [v for v in (*secrets.values(), "pf-secret-registry") if v in out]
+    leaked = [v for v in secrets.values() if v in out]
+    leaked += [v for v in ("pf-secret-registry", "pf-secret-redis-admin") if v in out]
     assert not leaked, f"secrets in the -vvv output: {leaked}"
+
+
+def test_missing_data_tier_setting(tmp_path):
+    rc, out = run_deploy(tmp_path, SECRETS, "-e", "redis_admin_password=")
+    assert_stopped_in_preflight(rc, out)
+    assert "redis_admin_password (Redis administrator) is not set but group redis has hosts" in out
 
 
 @pytest.mark.parametrize(
