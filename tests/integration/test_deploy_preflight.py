@@ -117,7 +117,7 @@ def test_missing_secret_and_unreachable_registry_are_listed_together(tmp_path):
 def test_missing_data_tier_setting(tmp_path):
     rc, out = run_deploy(tmp_path, SECRETS, "-e", "redis_admin_password=")
     assert_stopped_in_preflight(rc, out)
-    assert "redis_admin_password (Redis administrator) is not set but group redis has hosts" in out
+    assert "redis_admin_password (Redis administrator) is not set for pf-data1 (group redis)" in out
 
 
 @pytest.mark.parametrize(
