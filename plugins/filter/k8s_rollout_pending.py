@@ -33,7 +33,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: "C(namespace/name: reason) per Deployment that is not rolled out; empty when all are."
+  description:
+    - "C(namespace/name: reason) per Deployment that is not rolled out; empty when all are."
   type: list
   elements: str
 """

@@ -60,8 +60,9 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: One item per service with C(name), C(namespace), C(active), C(target_colour),
-    C(weights), C(selector) (the Service's selector), C(canary) (true during a split) and
-    C(colours.<colour>) with C(tag), C(replicas), C(hpa_min), C(hpa_max), C(pinned).
+    C(weights), C(selector) (the Service's selector), C(canary) (true during a split),
+    C(colours.<colour>) with C(tag), C(replicas), C(hpa_min), C(hpa_max), C(pinned), and
+    C(recorded) (the recorded state already names these versions, so nothing is to record).
   type: list
   elements: dict
 """
@@ -151,6 +152,8 @@ def k8s_workload_plan(
                 "hpa_max": high,
                 "pinned": bool(pinned),
             }
+        tags = {colour: colours[colour]["tag"] for colour in COLOURS}
+        up_to_date = entry is not None and dict(entry.get("versions") or {}) == tags
         serving = [c for c in COLOURS if weights[c] > 0]
         selector = {LABEL_APP: name}
         if len(serving) == 1:
@@ -165,6 +168,7 @@ def k8s_workload_plan(
                 "canary": len(serving) > 1,
                 "selector": selector,
                 "colours": colours,
+                "recorded": up_to_date,
             }
         )
     return plan

@@ -43,6 +43,7 @@ def test_first_deploy_puts_the_tag_on_both_colours_blue_active() -> None:
     assert plan["selector"] == {"app.kubernetes.io/name": "geolocation", "venta.io/colour": "blue"}
     assert {c: v["tag"] for c, v in plan["colours"].items()} == {"blue": "1.2.0", "green": "1.2.0"}
     assert plan["colours"]["green"]["replicas"] == 3
+    assert plan["recorded"] is False
 
 
 def test_release_to_idle_keeps_the_active_version() -> None:
@@ -55,6 +56,7 @@ def test_release_to_idle_keeps_the_active_version() -> None:
     assert plan["colours"]["green"]["tag"] == "1.2.0"
     assert plan["colours"]["blue"]["tag"] == "1.1.0"
     assert plan["colours"]["blue"]["replicas"] == 5  # the autoscaler's count is kept
+    assert plan["recorded"] is False  # green gets a new version: record it
 
 
 def test_converge_keeps_the_released_version_of_the_active_colour() -> None:
@@ -67,6 +69,7 @@ def test_converge_keeps_the_released_version_of_the_active_colour() -> None:
     assert plan["target_colour"] == "green"
     assert plan["colours"]["green"]["tag"] == "1.1.0"
     assert plan["selector"]["venta.io/colour"] == "green"
+    assert plan["recorded"] is True
 
 
 def test_canary_selects_both_and_keeps_the_pin() -> None:
@@ -79,6 +82,15 @@ def test_canary_selects_both_and_keeps_the_pin() -> None:
     assert plan["colours"]["green"] | {"tag": None} == {
         "tag": None, "replicas": 1, "hpa_min": 1, "hpa_max": 1, "pinned": True,
     }  # fmt: skip
+
+
+def test_several_services_each_get_their_own_state() -> None:
+    other = {**SVC, "name": "real-time"}
+    entry = {"weights": {"blue": 0, "green": 100}, "active": "green",
+             "versions": {"blue": "1.2.0", "green": "1.2.0"}}  # fmt: skip
+    plans = k8s_workload_plan([SVC, other], releases=release(entry))
+    assert [p["active"] for p in plans] == ["green", "blue"]
+    assert [p["recorded"] for p in plans] == [True, False]
 
 
 def test_replicas_are_clamped_to_the_bounds() -> None:
