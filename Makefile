@@ -56,10 +56,14 @@ sanity:
 pytest: venv
 	pytest tests/unit tests/integration
 
+# Each scenario keeps its state (generated inventory, links) in this checkout, started afresh:
+# molecule's default ~/.ansible/tmp/molecule.<hash of the folder name>.<scenario> is shared by
+# checkouts with the same folder name and keeps links into whichever checkout made them.
 molecule: bootstrap
 	@failed=""; times=""; for s in $(SCENARIOS); do \
 	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
-	  molecule test -s $$s || failed="$$failed $$s"; \
+	  rm -rf $(CURDIR)/.cache/molecule/$$s; \
+	  MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/.cache/molecule/$$s molecule test -s $$s || failed="$$failed $$s"; \
 	  times="$$times $$s=$$(( $$(date +%s) - start ))s"; \
 	done; \
 	echo "Molecule wall time per scenario:$$times"; \
