@@ -3,11 +3,10 @@ test_role_validation.py, whose helpers run each case)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from test_role_validation import _failure_message, _run_role
+from test_role_validation import _run_role, assert_stopped_without_change
 
 RECIPIENT = "age1xqem2x93sh9u9ehfnx5ky7uagjc8kach2ajt2h5wt79w8ntrrdfsen3w6q"
 REPOSITORY = {
@@ -99,11 +98,4 @@ CASES = [
 def test_backup_role_bad_input_stops_before_any_change(
     role: str, variables: dict, expected: str, tmp_path: Path
 ) -> None:
-    result = _run_role(role, variables, tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    message = _failure_message(output)
-    assert expected in message, message
-    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", output)
-    assert recap is not None, output
-    assert recap.group(1) == "0", output
+    assert_stopped_without_change(_run_role(role, variables, tmp_path), expected)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_role_validation import assert_stopped_without_change
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
@@ -106,12 +106,6 @@ CASES = [
 ]
 
 
-def _failure_message(output: str) -> str:
-    match = re.search(r"^fatal: \[localhost\]: FAILED! => (\{.*\})$", output, re.MULTILINE)
-    assert match is not None, output
-    return json.loads(match.group(1))["msg"]
-
-
 @pytest.mark.parametrize(("variables", "expected"), CASES)
 def test_bad_input_fails_at_validation(variables: dict, expected: str, tmp_path: Path) -> None:
     playbook = tmp_path / "play.yml"
@@ -139,9 +133,4 @@ def test_bad_input_fails_at_validation(variables: dict, expected: str, tmp_path:
         timeout=120,
         check=False,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    message = _failure_message(output)
-    assert expected in message, message
-    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", output)
-    assert recap is not None and recap.group(1) == "0", output
+    assert_stopped_without_change(result, expected)

@@ -150,6 +150,17 @@ def _failure_message(output: str) -> str:
     return json.loads(match.group(1))["msg"]
 
 
+def assert_stopped_without_change(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    """The run failed, its failure message names `expected`, and localhost reports changed=0."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    message = _failure_message(output)
+    assert expected in message, message
+    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", output)
+    assert recap is not None, output
+    assert recap.group(1) == "0", output
+
+
 def _run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK.format(role=role))
@@ -185,11 +196,4 @@ def _run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.Complete
 def test_bad_input_stops_before_any_change(
     role: str, variables: dict, expected: str, tmp_path: Path
 ) -> None:
-    result = _run_role(role, variables, tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    message = _failure_message(output)
-    assert expected in message, message
-    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", output)
-    assert recap is not None, output
-    assert recap.group(1) == "0", output
+    assert_stopped_without_change(_run_role(role, variables, tmp_path), expected)
