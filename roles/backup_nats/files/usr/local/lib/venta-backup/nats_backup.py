@@ -361,9 +361,11 @@ def cmd_restore(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
             meta_file, snap_file = tar.extractfile(f"{name}.json"), tar.extractfile(f"{name}.snap")
             if meta_file is None or snap_file is None:
                 raise NatsError(f"bundle entry for {name} is missing")
-            done = restore_stream(
-                conn, json.load(meta_file), snap_file.read(), args.replace, args.timeout
-            )
+            meta = json.load(meta_file)
+            if args.replicas:
+                # Onto a smaller cluster or a standalone server (a DR site): fewer replicas.
+                meta["config"]["num_replicas"] = args.replicas
+            done = restore_stream(conn, meta, snap_file.read(), args.replace, args.timeout)
             state = done.get("state") or {}
             restored.append(
                 {
@@ -426,6 +428,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     restore.add_argument("--stream", action="append")
     restore.add_argument(
         "--replace", action="store_true", help="delete an existing stream of the same name first"
+    )
+    restore.add_argument(
+        "--replicas", type=int, default=0, help="replicas of the restored streams (0: as backed up)"
     )
     inspect = sub.add_parser("inspect")
     inspect.add_argument("--bundle", required=True)
