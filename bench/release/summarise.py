@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Summarise the runs of bench/release/run.
 
     summarise.py playbook <ansible json callback output> -> switches, failures, wall time

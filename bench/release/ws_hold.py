@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Hold one WebSocket open through the edge and echo on it until told to stop.
 
 Opens wss://<host>:<port><path> (verified against --ca), then sends a numbered text message every

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Canary ledger of the DR drill: a heartbeat in PostgreSQL, Redis and NATS JetStream.
 
 `run` writes one heartbeat every `interval` seconds to each store, with its own least-privilege
@@ -135,7 +134,7 @@ class Nats:
         raise StoreError("nats: " + "; ".join(errors))
 
     def _connect(self, cfg: dict[str, Any], server: str) -> None:
-        host, _, port = server.rpartition(":")
+        host, _sep, port = server.rpartition(":")
         sock = socket.create_connection((host, int(port)), 5)
         sock.settimeout(5)
         self.buf = b""
