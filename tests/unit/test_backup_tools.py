@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from file_module import load_file
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load(
+check = load_file(
     "backup_check",
     ROLES / "backup_repository/files/usr/local/lib/venta-backup/backup_check.py",
 )
-nats = _load("nats_backup", ROLES / "backup_nats/files/usr/local/lib/venta-backup/nats_backup.py")
+nats = load_file(
+    "nats_backup", ROLES / "backup_nats/files/usr/local/lib/venta-backup/nats_backup.py"
+)
 
 NOW = 1_800_000_000.0
 HOUR = 3600

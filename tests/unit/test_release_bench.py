@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import socket
 import ssl
@@ -14,24 +13,16 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from file_module import load_file
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "release"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-summarise = _load("release_summarise", BENCH / "summarise.py")
-ws_hold = _load("release_ws_hold", BENCH / "ws_hold.py")
+summarise = load_file("release_summarise", BENCH / "summarise.py")
+ws_hold = load_file("release_ws_hold", BENCH / "ws_hold.py")
 
 
 def _switch(service: str, changed: bool, switch_s: float, total_s: float) -> dict:

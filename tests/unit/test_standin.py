@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import io
 import json
 import socket
@@ -20,26 +19,16 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from file_module import load_file
 
 STANDIN_PATH = Path(__file__).resolve().parents[2] / "tools" / "standin" / "standin.py"
 LOCALHOST = "127.0.0.1"
 
 
-def load_standin() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("standin", STANDIN_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["standin"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-standin = load_standin()
+standin = load_file("standin", STANDIN_PATH)
 
 
 def env(**values: str) -> dict[str, str]:
