@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The upstream file of one service, byte for byte what the nginx_edge role renders.
 
-roles/nginx_edge/templates/etc/nginx/venta/upstreams/service.conf.j2 is the other writer of this
-file. Both must produce the same text for the same service, backends and weights, so that a
+roles/nginx_edge/templates/etc/nginx/venta-switch/upstreams/service.conf.j2 is the other writer
+of this file. Both must produce the same text for the same service, backends and weights, so that a
 deploy after a switch changes nothing; tests/unit/plugins/module_utils/test_nginx_upstream.py
 renders the real template and compares.
 """

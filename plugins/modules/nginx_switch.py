@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: venta.deploy developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Switch one service's traffic between its blue and green slots on an nginx edge."""
+"""Switch services' traffic between their blue and green slots on an nginx edge."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 module: nginx_switch
 author: venta.deploy developers (@venta-deploy)
 version_added: "0.2.0"
-short_description: Switch a service's traffic between blue and green (or split it) on an nginx edge
+short_description: Switch services' traffic between blue and green (or split it) on an nginx edge
 description:
   - The release switch of the Docker platform. Runs on an edge host converged by the
     C(venta.deploy.nginx_edge) role and rewrites one service's upstream file,
@@ -22,6 +22,12 @@ description:
     reload gracefully; verify through the edge (O(verify_url)); record the state in
     O(state_file). A failure after the rename puts the previous file back (and reloads again
     when nginx had already loaded the new one), so traffic is left as it was."
+  - "With O(services) instead of O(service) it switches several services at once, all or nothing,
+    with one lock, one health gate over every target of every changed service, one C(nginx -t),
+    ONE reload, a verification of every changed service through the edge (in parallel) and one
+    write of the state file. Any failure puts every upstream file written so far back (and
+    reloads once more when nginx had already loaded them), so the traffic of every service is
+    left as it was. Services whose plan is unchanged are reported unchanged and not touched."
   - The file text is byte for byte what the role's template renders for the same weights, so a
     later deploy (which reads the recorded weights from C(ansible_local.venta_release)) changes
     nothing.
@@ -41,7 +47,9 @@ attributes:
         writes nothing and does not reload.
   diff_mode:
     support: full
-    description: Before and after of the upstream file and of the service's state entry.
+    description:
+      - Before and after of the upstream file and of the service's state entry.
+      - With O(services), one entry per changed upstream file and per changed state entry.
   idempotent:
     support: full
     description: A second identical switch reports C(changed=false) and touches nothing.
@@ -50,14 +58,119 @@ options:
     description:
       - The service's name, as in C(nginx_edge_services); its upstream is
         C(venta_<name with underscores>).
+      - Exactly one of O(service) and O(services) is required.
     type: str
-    required: true
+  services:
+    description:
+      - "Batch mode: the services to switch together, all or nothing, with one C(nginx -t) and
+        one reload (e.g. the rollback of a whole stack). Mutually exclusive with O(service),
+        O(weights), O(backends) and O(versions), which go into each item."
+      - Each item takes the per-service options; O(health_checks), O(verify_url) and
+        O(verify_headers) given at the top level are the defaults of the items that do not set
+        them, every other option (health gate timing, HTTP client, verification counts,
+        O(upstream_dir), O(state_file), the commands, the upstream settings) is shared.
+      - A service may appear once.
+    type: list
+    elements: dict
+    suboptions:
+      service:
+        description: The service's name, as O(service).
+        type: str
+        required: true
+      weights:
+        description: Traffic share of each colour, as O(weights).
+        type: dict
+        required: true
+        suboptions:
+          blue:
+            description: Weight of the blue slot.
+            type: int
+            default: 0
+          green:
+            description: Weight of the green slot.
+            type: int
+            default: 0
+      versions:
+        description: The version each slot runs, as O(versions).
+        type: dict
+        suboptions:
+          blue:
+            description: Version of the blue slot.
+            type: str
+          green:
+            description: Version of the green slot.
+            type: str
+      backends:
+        description:
+          - C(host:port) of every backend of each colour, as O(backends); unset, the recorded
+            ones are used.
+        type: dict
+        suboptions:
+          blue:
+            description: Backends of the blue slot.
+            type: list
+            elements: str
+          green:
+            description: Backends of the green slot.
+            type: list
+            elements: str
+      health_checks:
+        description:
+          - This service's checks, as O(health_checks); unset, the top-level O(health_checks)
+            (or C(/health) of every backend).
+        type: list
+        elements: dict
+        suboptions:
+          path:
+            description: Path probed on every backend of the colour, e.g. C(/ready).
+            type: str
+          url:
+            description: A full URL, probed once for O(services[].health_checks[].colour).
+            type: str
+          colour:
+            description: The colour a O(services[].health_checks[].url) check belongs to.
+            type: str
+            choices: [blue, green]
+          scheme:
+            description: Scheme of the backends for O(services[].health_checks[].path) checks.
+            type: str
+            choices: [http, https]
+            default: http
+          status_code:
+            description: Status codes that count as healthy.
+            type: list
+            elements: int
+            default: [200]
+          body_contains:
+            description: Text the body must contain.
+            type: str
+          json_match:
+            description: JSON values the body must have (dotted keys).
+            type: dict
+          headers:
+            description: Request headers.
+            type: dict
+          colour_header:
+            description: A response header that must name the backend's colour.
+            type: str
+          version_header:
+            description: A response header that must equal the colour's version.
+            type: str
+      verify_url:
+        description:
+          - This service's edge URL, as O(verify_url); unset, the top-level O(verify_url).
+        type: str
+      verify_headers:
+        description:
+          - Request headers of this service's verification, as O(verify_headers); unset, the
+            top-level O(verify_headers).
+        type: dict
   weights:
     description:
       - Traffic share of each colour, 0 to 100, adding up to 100. A colour left out gets 0.
       - With equal backend counts per colour the weights are traffic percentages.
+      - Required with O(service); with O(services) each item has its own.
     type: dict
-    required: true
     suboptions:
       blue:
         description: Weight of the blue slot.
@@ -72,6 +185,7 @@ options:
       - C(host:port) of every backend of each colour, as in C(nginx_edge_services[].backends).
       - When unset, the backends recorded by the last switch are used (a rollback needs only
         O(weights)).
+      - Only with O(service); with O(services) each item has its own.
     type: dict
     suboptions:
       blue:
@@ -86,6 +200,7 @@ options:
     description:
       - The version each slot runs, recorded in the state. A colour left out keeps its recorded
         version.
+      - Only with O(service); with O(services) each item has its own.
     type: dict
     default: {}
     suboptions:
@@ -103,6 +218,7 @@ options:
         (C(<scheme>://<backend><path>)); an item with O(health_checks[].url) is probed once for
         its O(health_checks[].colour).
       - When unset, C(/health) of every backend must answer 200.
+      - With O(services), the default of the items that do not set their own.
     type: list
     elements: dict
     suboptions:
@@ -156,9 +272,9 @@ options:
     type: float
     default: 60.0
   upstream_dir:
-    description: Directory of the upstream files (the nginx_edge role's).
+    description: Directory of the upstream files (the nginx_edge role's switch layer).
     type: path
-    default: /etc/nginx/venta/upstreams
+    default: /etc/nginx/venta-switch/upstreams
   state_file:
     description:
       - The release state file. The default is where the nginx_edge role reads it
@@ -166,15 +282,19 @@ options:
     type: path
     default: /etc/ansible/facts.d/venta_release.fact
   test_command:
-    description: Command that tests the whole nginx configuration.
+    description:
+      - Command that tests the whole configuration of the nginx that includes O(upstream_dir).
+      - The default tests the nginx_edge role's switch layer.
     type: list
     elements: str
-    default: [/usr/sbin/nginx, -t]
+    default: [/usr/sbin/nginx, -t, -q, -c, /etc/nginx/venta-switch/nginx.conf]
   reload_command:
-    description: Command that reloads nginx gracefully (never a restart).
+    description:
+      - Command that reloads that nginx gracefully (never a restart).
+      - The default reloads the nginx_edge role's switch layer, never the client-facing nginx.
     type: list
     elements: str
-    default: [systemctl, reload, nginx]
+    default: [systemctl, reload, venta-edge-switch]
   verify_url:
     description:
       - An edge URL that reaches the service's upstream, e.g.
@@ -183,9 +303,13 @@ options:
         a O(verify_colour_header) naming a colour with weight > 0 (the colour with weight 100
         when there is one). Otherwise the previous file is put back and nginx reloaded.
       - When unset the switch is not verified through the edge (not recommended).
+      - With O(services), the default of the items that do not set their own (it rarely fits
+        more than one service, so set O(services[].verify_url) on each item).
     type: str
   verify_headers:
-    description: Request headers of the verification, e.g. C(Host).
+    description:
+      - Request headers of the verification, e.g. C(Host).
+      - With O(services), the default of the items that do not set their own.
     type: dict
     default: {}
   verify_status_code:
@@ -269,39 +393,70 @@ EXAMPLES = r"""
     service: api-gateway
     weights: "{{ {ansible_local.venta_release.services['api-gateway'].previous: 100} }}"
     health_successes: 1
+
+- name: Roll back several services with one reload (all or nothing)
+  venta.deploy.nginx_switch:
+    services:
+      - service: api-gateway
+        weights: "{{ {ansible_local.venta_release.services['api-gateway'].previous: 100} }}"
+        verify_url: https://127.0.0.1/_venta/api-gateway/health
+      - service: geolocation
+        weights: "{{ {ansible_local.venta_release.services['geolocation'].previous: 100} }}"
+        verify_url: https://127.0.0.1/_venta/geolocation/health
+        health_checks:
+          - path: /ready
+    health_successes: 1
+    ca_path: /usr/local/share/ca-certificates/venta-lab-ca.crt
+  register: __rollback
 """
 
 RETURN = r"""
 service:
   description: The service switched.
-  returned: always
+  returned: always, with service
   type: str
   sample: api-gateway
 upstream_file:
   description: The upstream file.
-  returned: always
+  returned: always, with service
   type: str
-  sample: /etc/nginx/venta/upstreams/api-gateway.conf
+  sample: /etc/nginx/venta-switch/upstreams/api-gateway.conf
 state_file:
   description: The release state file.
-  returned: always
+  returned: always, with service
   type: str
   sample: /etc/ansible/facts.d/venta_release.fact
 before:
   description:
     - Weights and active colour before the switch (weights from the recorded state, else read from
       the upstream file).
-  returned: success
+  returned: success, with service
   type: dict
   sample: {"weights": {"blue": 100, "green": 0}, "active": "blue"}
 after:
   description: Weights and active colour after the switch.
-  returned: success
+  returned: success, with service
   type: dict
   sample: {"weights": {"blue": 0, "green": 100}, "active": "green"}
+services:
+  description:
+    - With O(services), one result per requested service, in the order of O(services), with the
+      keys a single switch returns (C(service), C(upstream_file), C(state_file), C(before),
+      C(after), C(state)) and C(changed) (whether that service changed, or would in check mode).
+  returned: success, with services
+  type: list
+  elements: dict
+  sample:
+    - service: api-gateway
+      upstream_file: /etc/nginx/venta-switch/upstreams/api-gateway.conf
+      state_file: /etc/ansible/facts.d/venta_release.fact
+      before: {"weights": {"blue": 0, "green": 100}, "active": "green"}
+      after: {"weights": {"blue": 100, "green": 0}, "active": "blue"}
+      state: {"weights": {"blue": 100, "green": 0}, "active": "blue", "previous": "green"}
+      changed: true
 state:
   description: The service's state entry as recorded (or as it would be, in check mode).
-  returned: success
+  returned: success, with service
   type: dict
   sample:
     weights: {"blue": 0, "green": 100}
@@ -314,13 +469,16 @@ state:
       - {"from": {"blue": 100, "green": 0}, "to": {"blue": 0, "green": 100},
          "at": "2025-01-01T12:00:00Z"}
 actions:
-  description: What the switch did, in order (also on failure, including the restore).
+  description:
+    - What the switch did, in order (also on failure, including the restore).
+    - "With O(services), each action names its service or upstream file; an unchanged service
+      gets C(<service>: unchanged, not touched)."
   returned: always
   type: list
   elements: str
   sample:
     - "health gate passed (green 2 URL(s))"
-    - "wrote /etc/nginx/venta/upstreams/api-gateway.conf (blue 0 / green 100)"
+    - "wrote /etc/nginx/venta-switch/upstreams/api-gateway.conf (blue 0 / green 100)"
     - "/usr/sbin/nginx -t: ok"
     - "systemctl reload nginx: ok"
     - "verified through https://127.0.0.1/_venta/api-gateway/health: 3 good answers in a row,
@@ -330,6 +488,8 @@ timings:
   description:
     - Seconds per step, C(health_gate_s), C(write_s), C(validate_s), C(reload_s), C(verify_s),
       C(record_s), C(total_s), and C(switch_s) = write + validate + reload.
+    - With O(services) each step is timed once for the whole batch (the health gate and the
+      verification run in parallel over all services).
   returned: always
   type: dict
   sample: {"health_gate_s": 1.012, "write_s": 0.0011, "validate_s": 0.061, "reload_s": 0.052,
@@ -337,6 +497,7 @@ timings:
 health:
   description:
     - One result per health-gated URL (colour, backend, URL, attempts, timings, last status).
+    - With O(services) each item also has C(service).
   returned: always
   type: list
   elements: dict
@@ -345,7 +506,9 @@ health:
        "ok": true, "attempts": 3, "consecutive_successes": 3, "elapsed_s": 1.01,
        "timings_ms": [3.2, 2.1, 2.0], "status": 200}
 verify:
-  description: The verification through the edge (requests sent, colours seen).
+  description:
+    - The verification through the edge (requests sent, colours seen).
+    - With O(services), a dict of such results by service name (services verified only).
   returned: always
   type: dict
   sample: {"url": "https://127.0.0.1/_venta/api-gateway/health", "requests": 3,
@@ -354,11 +517,18 @@ verify:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.venta.deploy.plugins.module_utils.docker_switch import (
-    Switcher,
     SwitchError,
-    build_request,
+    run_switch,
 )
 from ansible_collections.venta.deploy.plugins.module_utils.health_gate import http_argument_spec
+
+# Per-service options that only go with `service`: a batch has them in each item.
+MUTUALLY_EXCLUSIVE = [
+    ("service", "services"),
+    ("services", "weights"),
+    ("services", "backends"),
+    ("services", "versions"),
+]
 
 
 def argument_spec() -> dict:
@@ -380,22 +550,37 @@ def argument_spec() -> dict:
         "colour_header": {"type": "str"},
         "version_header": {"type": "str"},
     }
-    spec = {
+    # An item of `services`: unset values fall back to the top-level options (see ITEM_DEFAULTS).
+    item = {
         "service": {"type": "str", "required": True},
         "weights": {"type": "dict", "required": True, "options": colour_ints},
+        "versions": {"type": "dict", "options": colour_strs},
+        "backends": {"type": "dict", "options": colour_lists},
+        "health_checks": {"type": "list", "elements": "dict", "options": check},
+        "verify_url": {"type": "str"},
+        "verify_headers": {"type": "dict"},
+    }
+    spec = {
+        "service": {"type": "str"},
+        "services": {"type": "list", "elements": "dict", "options": item},
+        "weights": {"type": "dict", "options": colour_ints},
         "backends": {"type": "dict", "options": colour_lists},
         "versions": {"type": "dict", "default": {}, "options": colour_strs},
         "health_checks": {"type": "list", "elements": "dict", "options": check},
         "health_successes": {"type": "int", "default": 3},
         "health_interval": {"type": "float", "default": 0.5},
         "health_timeout": {"type": "float", "default": 60.0},
-        "upstream_dir": {"type": "path", "default": "/etc/nginx/venta/upstreams"},
+        "upstream_dir": {"type": "path", "default": "/etc/nginx/venta-switch/upstreams"},
         "state_file": {"type": "path", "default": "/etc/ansible/facts.d/venta_release.fact"},
-        "test_command": {"type": "list", "elements": "str", "default": ["/usr/sbin/nginx", "-t"]},
+        "test_command": {
+            "type": "list",
+            "elements": "str",
+            "default": ["/usr/sbin/nginx", "-t", "-q", "-c", "/etc/nginx/venta-switch/nginx.conf"],
+        },
         "reload_command": {
             "type": "list",
             "elements": "str",
-            "default": ["systemctl", "reload", "nginx"],
+            "default": ["systemctl", "reload", "venta-edge-switch"],
         },
         "verify_url": {"type": "str"},
         "verify_headers": {"type": "dict", "default": {}},
@@ -415,14 +600,19 @@ def argument_spec() -> dict:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=MUTUALLY_EXCLUSIVE,
+        required_one_of=[("service", "services")],
+        required_by={"service": "weights"},
+        supports_check_mode=True,
+    )
 
     def run_command(argv: list[str]) -> tuple[int, str, str]:
         return module.run_command(list(argv))
 
     try:
-        request = build_request(module.params)
-        result = Switcher(request, run_command, check_mode=module.check_mode).run()
+        result = run_switch(module.params, run_command, check_mode=module.check_mode)
     except SwitchError as exc:
         module.fail_json(msg=f"nginx_switch: {exc}", **exc.details)
     diff = result.pop("diff")

@@ -25,7 +25,7 @@ from ansible_collections.venta.deploy.plugins.module_utils.nginx_upstream import
 
 ROOT = Path(__file__).resolve().parents[4]
 ROLE = ROOT / "roles" / "nginx_edge"
-TEMPLATE = ROLE / "templates" / "etc" / "nginx" / "venta" / "upstreams" / "service.conf.j2"
+TEMPLATE = ROLE / "templates" / "etc" / "nginx" / "venta-switch" / "upstreams" / "service.conf.j2"
 FACT = "/etc/ansible/facts.d/venta_release.fact"
 
 BACKENDS = {

@@ -117,8 +117,13 @@ class FakeEdge:
         return self.log.read_text().split("\n")[:-1] if self.log.exists() else []
 
     def close(self) -> None:
+        # In parallel: each shutdown waits for its server's poll interval (0.5 s).
+        stopping = [threading.Thread(target=server.shutdown) for server in self.servers]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         for server in self.servers:
-            server.shutdown()
             server.server_close()
 
 
@@ -221,3 +226,173 @@ def test_bad_weights_fail_before_anything(edge: FakeEdge, module_runner: Callabl
     assert result["failed"] is True
     assert "weights must add up to 100" in result["msg"]
     assert edge.calls() == []
+
+
+# ---- batch mode (`services`): several services, one nginx -t and one reload -------------------
+
+
+class ServiceEdge(Colour):
+    """The edge of several services: /_venta/<service>/... answers with the loaded colour."""
+
+    def do_GET(self) -> None:
+        service = self.path.split("/")[2]
+        assert self.loaded is not None
+        text = (self.loaded / f"{service}.conf").read_text()
+        live = re.findall(r"weight=\d+ max_fails=\S+ \S+ # (\w+)", text)
+        colour = live[0] if len(set(live)) == 1 else "mixed"
+        body = json.dumps({"status": "ok", "service": service, "colour": colour}).encode()
+        self.send_response(200)
+        self.send_header("X-Venta-Colour", colour)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FakeStack(FakeEdge):
+    """Two services behind one edge, blue live for both."""
+
+    services = ("api-gateway", "geolocation")
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.slots = {
+            "api-gateway": self.backends,
+            "geolocation": {"blue": [self.backend("blue")], "green": [self.backend("green")]},
+        }
+        self.stack_edge = start(type("StackEdge", (ServiceEdge,), {"loaded": self.loaded}))
+        self.servers.append(self.stack_edge)
+
+    def item(self, service: str, **overrides: object) -> dict:
+        port = self.stack_edge.server_address[1]
+        item: dict = {
+            "service": service,
+            "weights": {"blue": 0, "green": 100},
+            "backends": self.slots[service],
+            "versions": {"green": "1.1.0"},
+            "verify_url": f"http://127.0.0.1:{port}/_venta/{service}/health",
+        }
+        item.update(overrides)
+        return item
+
+    def batch(self, services: list[dict], **overrides: object) -> dict:
+        args = self.args(services=services, **overrides)
+        for name in ("service", "weights", "backends", "versions", "verify_url"):
+            args.pop(name)
+        return args
+
+    def upstream_texts(self, where: Path) -> dict[str, str]:
+        return {s: where.joinpath(f"{s}.conf").read_text() for s in self.services}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[FakeStack]:
+    stack = FakeStack(tmp_path)
+    stack.loaded.mkdir()
+    for service, slots in stack.slots.items():
+        text = (
+            f"upstream venta_{service.replace('-', '_')} {{\n"
+            f"    server {slots['blue'][0]} weight=100 max_fails=3 fail_timeout=10s; # blue\n"
+            f"    server {slots['green'][0]} down; # green\n"
+            "}\n"
+        )
+        stack.upstreams.joinpath(f"{service}.conf").write_text(text)
+        stack.loaded.joinpath(f"{service}.conf").write_text(text)
+    yield stack
+    stack.close()
+
+
+def test_batch_switch_with_one_reload_then_an_identical_batch(
+    stack: FakeStack, module_runner: Callable
+) -> None:
+    services = [stack.item("api-gateway"), stack.item("geolocation")]
+    result = module_runner(nginx_switch.main, **stack.batch(services))
+    assert result.get("failed") is not True, result
+    assert result["changed"] is True
+    assert stack.calls() == ["-t", "reload"]
+    assert [s["service"] for s in result["services"]] == ["api-gateway", "geolocation"]
+    assert all(s["changed"] for s in result["services"])
+    assert [s["after"]["active"] for s in result["services"]] == ["green", "green"]
+    assert {s: v["colours_seen"] for s, v in result["verify"].items()} == {
+        "api-gateway": {"green": 3},
+        "geolocation": {"green": 3},
+    }
+    assert {h["service"] for h in result["health"]} == {"api-gateway", "geolocation"}
+    assert {"health_gate_s", "switch_s", "total_s"} <= set(result["timings"])
+    assert "diff" not in result
+    entries = json.loads(stack.state_file.read_text())["services"]
+    assert {s: e["active"] for s, e in entries.items()} == {
+        "api-gateway": "green",
+        "geolocation": "green",
+    }
+
+    again = module_runner(nginx_switch.main, **stack.batch(services))
+    assert again["changed"] is False
+    assert stack.calls() == ["-t", "reload"]
+    assert [s["changed"] for s in again["services"]] == [False, False]
+
+
+def test_batch_verify_failure_of_one_service_restores_both(
+    stack: FakeStack, module_runner: Callable
+) -> None:
+    before = stack.upstream_texts(stack.upstreams)
+    # geolocation's verification asks its blue backend directly: it never answers green.
+    blue = stack.slots["geolocation"]["blue"][0]
+    services = [
+        stack.item("api-gateway"),
+        stack.item("geolocation", verify_url=f"http://{blue}/_venta/geolocation/health"),
+    ]
+    result = module_runner(nginx_switch.main, **stack.batch(services, verify_requests=4))
+    assert result["failed"] is True
+    assert result["msg"].startswith(
+        "nginx_switch: verify through the edge failed for geolocation: "
+    )
+    assert "(nginx reloaded with them)" in result["msg"]
+    assert stack.calls() == ["-t", "reload", "-t", "reload"]
+    assert stack.upstream_texts(stack.upstreams) == before
+    assert stack.upstream_texts(stack.loaded) == before
+    assert not stack.state_file.exists()
+    assert result["verify"]["api-gateway"]["colours_seen"] == {"green": 3}
+
+
+def test_batch_check_mode_with_diff(stack: FakeStack, module_runner: Callable) -> None:
+    before = stack.upstream_texts(stack.upstreams)
+    services = [stack.item("api-gateway"), stack.item("geolocation")]
+    result = module_runner(
+        nginx_switch.main, **stack.batch(services), _ansible_check_mode=True, _ansible_diff=True
+    )
+    assert result["changed"] is True
+    assert stack.calls() == []
+    assert not stack.state_file.exists()
+    assert stack.upstream_texts(stack.upstreams) == before
+    assert len(result["diff"]) == 4
+    assert result["diff"][2]["before"] == before["geolocation"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"service": "api-gateway"}, "parameters are mutually exclusive: service|services"),
+        ({"weights": {"blue": 100}}, "parameters are mutually exclusive: services|weights"),
+        ({"services": None}, "one of the following is required: service, services"),
+        ({"services": [{"service": "api-gateway"}]}, "missing required arguments: weights"),
+    ],
+)
+def test_service_and_services_are_one_or_the_other(
+    stack: FakeStack, module_runner: Callable, args: dict, message: str
+) -> None:
+    base = stack.batch([stack.item("api-gateway")])
+    base.update(args)
+    if base["services"] is None:
+        base.pop("services")
+    result = module_runner(nginx_switch.main, **base)
+    assert result["failed"] is True
+    assert message in result["msg"]
+    assert stack.calls() == []
+
+
+def test_batch_with_a_duplicate_service_names_it(stack: FakeStack, module_runner: Callable) -> None:
+    services = [stack.item("api-gateway"), stack.item("api-gateway")]
+    result = module_runner(nginx_switch.main, **stack.batch(services))
+    assert result["failed"] is True
+    assert "services[1] (api-gateway): service api-gateway is listed twice" in result["msg"]
+    assert stack.calls() == []
