@@ -722,3 +722,76 @@ def test_health_command(
     assert standin.main(["health"], env=values) == 1
     assert standin.main(["health"], env={"PORT": port}) == 1  # 404 on /health
     assert standin.main(["health"], env={"PORT": str(closed_port())}) == 1
+
+
+def test_readiness_checks_reuse_a_result_and_share_a_run() -> None:
+    calls = []
+    now = [100.0]
+
+    async def runner(cfg: object) -> dict[str, dict[str, object]]:
+        calls.append(now[0])
+        await asyncio.sleep(0.01)
+        return {"nats": {"ok": True, "ms": 1.0, "run": len(calls)}}
+
+    async def scenario() -> list[int]:
+        cache = standin.ReadinessChecks(
+            standin.load_config(env(STANDIN_READY_CACHE_SECONDS="3")), runner, lambda: now[0]
+        )
+        runs = [r["nats"]["run"] for r in await asyncio.gather(cache.get(), cache.get())]
+        now[0] += 2.9
+        runs.append((await cache.get())["nats"]["run"])
+        now[0] += 0.2
+        runs.append((await cache.get())["nats"]["run"])
+        return runs
+
+    assert asyncio.run(scenario()) == [1, 1, 1, 2]
+    assert len(calls) == 2
+
+
+def test_readiness_checks_without_cache_run_every_time() -> None:
+    async def runner(cfg: object) -> dict[str, dict[str, object]]:
+        return {}
+
+    async def scenario() -> int:
+        cache = standin.ReadinessChecks(
+            standin.load_config(env(STANDIN_READY_CACHE_SECONDS="0")), runner
+        )
+        count = 0
+        original = cache._run
+
+        async def counted() -> dict[str, dict[str, object]]:
+            nonlocal count
+            count += 1
+            return await original()
+
+        cache._run = counted  # type: ignore[method-assign]
+        for _attempt in range(3):
+            await cache.get()
+        return count
+
+    assert asyncio.run(scenario()) == 3
+
+
+def test_readiness_checks_drop_a_stuck_run() -> None:
+    runs = []
+
+    async def runner(cfg: object) -> dict[str, dict[str, object]]:
+        runs.append(1)
+        if len(runs) == 1:
+            await asyncio.sleep(3600)  # stuck
+        return {"redis": {"ok": True, "ms": 1.0}}
+
+    async def scenario() -> tuple[dict[str, dict[str, object]], dict[str, dict[str, object]]]:
+        cache = standin.ReadinessChecks(
+            standin.load_config(env(REDIS_URL="redis://r:6379", STANDIN_CHECK_TIMEOUT="0.05")),
+            runner,
+        )
+        first = await cache.get()
+        second = await cache.get()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first["redis"]["ok"] is False
+    assert "did not finish within" in str(first["redis"]["error"])
+    assert second == {"redis": {"ok": True, "ms": 1.0}}
+    assert len(runs) == 2

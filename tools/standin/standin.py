@@ -140,6 +140,7 @@ class Config:
     nats_ca_file: str | None = None
     pg_sslmode: str | None = None
     check_timeout: float = 2.0
+    ready_cache_seconds: float = 3.0
     drain_seconds: float = 30.0
     migrate_timeout: float = 10.0
     start_unhealthy: bool = False
@@ -250,6 +251,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         nats_ca_file=env_value(env, "NATS_CA_FILE"),
         pg_sslmode=sslmode,
         check_timeout=env_float(env, "STANDIN_CHECK_TIMEOUT", 2.0) or 2.0,
+        ready_cache_seconds=env_float(env, "STANDIN_READY_CACHE_SECONDS", 3.0),
         drain_seconds=env_float(env, "STANDIN_DRAIN_SECONDS", 30.0),
         migrate_timeout=env_float(env, "STANDIN_MIGRATE_TIMEOUT", 10.0) or 10.0,
         start_unhealthy=env_bool(env, "STANDIN_START_UNHEALTHY"),
@@ -689,6 +691,60 @@ async def run_checks(cfg: Config) -> dict[str, dict[str, Any]]:
     return {check.name: result for check, result in zip(checks, results, strict=True)}
 
 
+class ReadinessChecks:
+    """The dependency checks of /ready, as cheap as a real service's readiness.
+
+    A Node service holds its PostgreSQL pool, Redis client and NATS connection and reports their
+    state; it does not reconnect per probe. The stand-in connects to check, so it reuses a result
+    for ready_cache_seconds and lets concurrent requests share one run: health gates probing every
+    half second then cost one connection per dependency every few seconds (a NATS connection pays
+    a bcrypt check on the server, which under probes of many slots saturated nats-server).
+
+    A shared run that does not finish within its deadline (a driver stuck in its cancellation)
+    is dropped: that request answers "timed out" and the next one starts a fresh run, so one stuck
+    run never blocks readiness for good.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        runner: Callable[[Config], Awaitable[dict[str, dict[str, Any]]]] = run_checks,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.runner = runner
+        self.clock = clock
+        self.result: dict[str, dict[str, Any]] | None = None
+        self.taken = 0.0
+        self.running: asyncio.Future[dict[str, dict[str, Any]]] | None = None
+        budgets = [check.budget for check in configured_checks(cfg)]
+        self.deadline = max(budgets, default=0.0) + 1.0
+
+    async def get(self) -> dict[str, dict[str, Any]]:
+        ttl = self.cfg.ready_cache_seconds
+        if self.result is not None and ttl > 0 and self.clock() - self.taken < ttl:
+            return self.result
+        if self.running is None or self.running.done():
+            self.running = asyncio.ensure_future(self._run())
+        running = self.running
+        done, _pending = await asyncio.wait({running}, timeout=self.deadline)
+        if running in done:
+            return running.result()
+        if self.running is running:
+            self.running = None
+        running.cancel()
+        error = f"readiness checks did not finish within {self.deadline:g}s"
+        return {
+            check.name: {"ok": False, "ms": self.deadline * 1000, "error": error}
+            for check in configured_checks(self.cfg)
+        }
+
+    async def _run(self) -> dict[str, dict[str, Any]]:
+        result = await self.runner(self.cfg)
+        self.result, self.taken = result, self.clock()
+        return result
+
+
 def readiness_body(checks: Mapping[str, Mapping[str, Any]], blocker: str | None) -> dict[str, Any]:
     """The /ready document; status is "ready" only when nothing blocks and all checks pass."""
     failed = [f"{name}: {r.get('error', 'failed')}" for name, r in checks.items() if not r["ok"]]
@@ -899,6 +955,7 @@ class StandinHttp:
         self.cfg = cfg
         self.log = log
         self.state = ServerState()
+        self.readiness = ReadinessChecks(cfg)
 
     def respond(self, body: Mapping[str, Any], status: int = 200) -> web.Response:
         return self.web.json_response(dict(body), status=status, dumps=json_dumps)
@@ -915,7 +972,7 @@ class StandinHttp:
         blocker = unhealthy_reason(self.cfg)
         if self.state.draining:
             blocker = "shutting down"
-        checks = await run_checks(self.cfg)
+        checks = await self.readiness.get()
         body = readiness_body(checks, blocker)
         return self.respond(
             {**body, **self.cfg.identity}, 200 if body["status"] == "ready" else 503
