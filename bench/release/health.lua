@@ -2,12 +2,16 @@
 -- (not rate-limited, unlike /api/), counting answers outside 2xx per thread. At the end one JSON
 -- line: requests, non-2xx, socket errors (connect, read, write, timeout), wrk's status errors,
 -- p50/p99 latency in ms, duration.  VENTA_SERVICES="a b c" overrides the service list.
+-- VENTA_DELAY_MS paces each connection (milliseconds between its requests; 0: as fast as it
+-- goes). Unpaced, wrk and nginx take both cores of a small machine and starve what is measured.
 local services = {}
 local list = os.getenv("VENTA_SERVICES") or
   "api-gateway file-management webhooks geolocation real-time user-management vendor-management search-discovery"
 for name in string.gmatch(list, "%S+") do
   services[#services + 1] = "/_venta/" .. name .. "/health"
 end
+
+local pause_ms = tonumber(os.getenv("VENTA_DELAY_MS") or "0") or 0
 
 local threads = {}
 
@@ -23,6 +27,10 @@ end
 function request()
   counter = counter + 1
   return wrk.format("GET", services[(counter % #services) + 1])
+end
+
+function delay()
+  return pause_ms
 end
 
 function response(status, headers, body)

@@ -26,34 +26,48 @@ def _task_results(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]
 
 
 def playbook_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Switch timings, failures and totals of one playbook run (json stdout callback)."""
-    switches = []
+    """Switch timings, failures and totals of one playbook run (json stdout callback).
+
+    A module call switches one service (option `service`) or several at once (`services`, one
+    reload for all): `switches` counts switched services, `calls` the module calls, and the
+    timings are per call.
+    """
+    calls = []
     failures = []
     for name, host, result in _task_results(report):
         if result.get("action") == "venta.deploy.nginx_switch" and "timings" in result:
-            switches.append(
+            items = result.get("services") or [result]
+            calls.append(
                 {
                     "host": host,
-                    "service": result.get("service"),
                     "changed": bool(result.get("changed")),
                     "failed": bool(result.get("failed")),
-                    "weights": (result.get("after") or {}).get("weights"),
+                    "services": [
+                        {
+                            "service": item.get("service"),
+                            "changed": bool(item.get("changed", result.get("changed"))),
+                            "weights": (item.get("after") or {}).get("weights"),
+                        }
+                        for item in items
+                    ],
                     "timings": result.get("timings") or {},
                 }
             )
         if result.get("failed") and result.get("action") != "venta.deploy.nginx_switch":
             failures.append({"task": name, "host": host, "msg": str(result.get("msg", ""))})
-    changed = [s for s in switches if s["changed"] and not s["failed"]]
-    switch_s = [s["timings"].get("switch_s", 0.0) for s in changed]
-    total_s = [s["timings"].get("total_s", 0.0) for s in changed]
+    changed = [c for c in calls if c["changed"] and not c["failed"]]
+    switched = [s for c in changed for s in c["services"] if s["changed"]]
+    switch_s = [c["timings"].get("switch_s", 0.0) for c in changed]
+    total_s = [c["timings"].get("total_s", 0.0) for c in changed]
     stats = report.get("stats") or {}
     return {
-        "switches": len(changed),
+        "switches": len(switched),
+        "calls": len(changed),
         "switch_s_median": round(statistics.median(switch_s), 4) if switch_s else None,
         "switch_s_max": round(max(switch_s), 4) if switch_s else None,
         "switch_total_s_sum": round(sum(total_s), 3),
         "switch_total_s_median": round(statistics.median(total_s), 4) if total_s else None,
-        "services": sorted({s["service"] for s in changed}),
+        "services": sorted({s["service"] for s in switched}),
         "failures": failures,
         "failed_hosts": sorted(
             host

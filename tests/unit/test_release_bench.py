@@ -67,6 +67,7 @@ def test_playbook_summary_counts_changed_switches_and_failures() -> None:
     }
     result = summarise.playbook_summary(report)
     assert result["switches"] == 2
+    assert result["calls"] == 2
     assert result["services"] == ["a", "b"]
     assert result["switch_s_median"] == pytest.approx(0.2)
     assert result["switch_s_max"] == pytest.approx(0.3)
@@ -75,6 +76,27 @@ def test_playbook_summary_counts_changed_switches_and_failures() -> None:
         {"task": "Fail the release", "host": "edge1", "msg": "Switch of webhooks aborted"}
     ]
     assert result["failed_hosts"] == ["edge1"]
+
+
+def test_playbook_summary_counts_the_services_of_one_call_switching_several() -> None:
+    together = {
+        "action": "venta.deploy.nginx_switch",
+        "changed": True,
+        "failed": False,
+        "services": [
+            {"service": "a", "changed": True, "after": {"weights": {"blue": 100, "green": 0}}},
+            {"service": "b", "changed": False, "after": {"weights": {"blue": 100, "green": 0}}},
+            {"service": "c", "changed": True, "after": {"weights": {"blue": 100, "green": 0}}},
+        ],
+        "timings": {"switch_s": 0.4, "total_s": 1.5},
+    }
+    report = {"plays": [{"tasks": [{"task": {"name": "Switch"}, "hosts": {"edge1": together}}]}]}
+    result = summarise.playbook_summary(report)
+    assert result["switches"] == 2
+    assert result["calls"] == 1
+    assert result["services"] == ["a", "c"]
+    assert result["switch_s_median"] == pytest.approx(0.4)
+    assert result["switch_total_s_sum"] == pytest.approx(1.5)
 
 
 def test_wrk_summary_reads_the_json_line_and_totals_socket_errors() -> None:
