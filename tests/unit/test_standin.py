@@ -795,3 +795,18 @@ def test_readiness_checks_drop_a_stuck_run() -> None:
     assert "did not finish within" in str(first["redis"]["error"])
     assert second == {"redis": {"ok": True, "ms": 1.0}}
     assert len(runs) == 2
+
+
+def test_readiness_checks_do_not_reuse_a_failure() -> None:
+    results = [{"redis": {"ok": False, "ms": 1.0}}, {"redis": {"ok": True, "ms": 1.0}}]
+
+    async def runner(cfg: object) -> dict[str, dict[str, object]]:
+        return results.pop(0)
+
+    async def scenario() -> list[bool]:
+        cache = standin.ReadinessChecks(
+            standin.load_config(env(REDIS_URL="redis://r:6379")), runner
+        )
+        return [bool((await cache.get())["redis"]["ok"]) for _attempt in range(3)]
+
+    assert asyncio.run(scenario()) == [False, True, True]

@@ -695,10 +695,11 @@ class ReadinessChecks:
     """The dependency checks of /ready, as cheap as a real service's readiness.
 
     A Node service holds its PostgreSQL pool, Redis client and NATS connection and reports their
-    state; it does not reconnect per probe. The stand-in connects to check, so it reuses a result
-    for ready_cache_seconds and lets concurrent requests share one run: health gates probing every
-    half second then cost one connection per dependency every few seconds (a NATS connection pays
-    a bcrypt check on the server, which under probes of many slots saturated nats-server).
+    state; it does not reconnect per probe. The stand-in connects to check, so it reuses a passing
+    result for ready_cache_seconds and lets concurrent requests share one run: health gates
+    probing every half second then cost one connection per dependency every few seconds (a NATS
+    connection pays a bcrypt check on the server, which under probes of many slots saturated
+    nats-server).
 
     A shared run that does not finish within its deadline (a driver stuck in its cancellation)
     is dropped: that request answers "timed out" and the next one starts a fresh run, so one stuck
@@ -741,7 +742,9 @@ class ReadinessChecks:
 
     async def _run(self) -> dict[str, dict[str, Any]]:
         result = await self.runner(self.cfg)
-        self.result, self.taken = result, self.clock()
+        # Only a passing result is reused: a failure is checked again by the next probe.
+        if all(check.get("ok") for check in result.values()):
+            self.result, self.taken = result, self.clock()
         return result
 
 
