@@ -180,3 +180,59 @@ def test_nats_bundle_rejects_other_tars(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(nats.NatsError, match="not a NATS backup bundle"):
         nats.read_bundle(str(bundle))
+
+
+class _ScriptedSocket:
+    """Hands out the bytes a NATS server would send; records what the client sends."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = b""
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def settimeout(self, value: float) -> None:
+        pass
+
+
+def _connection(data: bytes) -> object:
+    conn = object.__new__(nats.Connection)
+    conn.sock = _ScriptedSocket(data)
+    conn.buf = b""
+    conn.sid = 0
+    conn.pending = []
+    conn.inbox_prefix = "_INBOX.t"
+    return conn
+
+
+def test_nats_request_skips_a_snapshot_chunk_that_arrives_before_the_reply() -> None:
+    # The snapshot's deliver inbox is _INBOX.t.1 (subscribed first); the API reply goes to
+    # _INBOX.t.3 (sids count inboxes and subscriptions). The server sends the first chunk before
+    # the reply.
+    chunk = nats.S2_MAGIC + b"data"
+    reply = json.dumps({"config": {"name": "s"}, "state": {}}).encode()
+    data = (
+        b"MSG _INBOX.t.1 1 $JS.ACK.1 "
+        + str(len(chunk)).encode()
+        + b"\r\n"
+        + chunk
+        + b"\r\n"
+        + b"PING\r\n"
+        + b"MSG _INBOX.t.3 4 "
+        + str(len(reply)).encode()
+        + b"\r\n"
+        + reply
+        + b"\r\n"
+        + b"MSG _INBOX.t.1 1 0\r\n\r\n"
+    )
+    conn = _connection(data)
+    meta, snap = nats.snapshot_stream(conn, "s", timeout=1)
+    assert meta["config"] == {"name": "s"}
+    assert snap == chunk
+    assert b"PONG\r\n" in conn.sock.sent
+    assert b"PUB $JS.ACK.1 0\r\n" in conn.sock.sent

@@ -56,6 +56,9 @@ class Connection:
         )
         self.buf = b""
         self.sid = 0
+        # Messages read while waiting for another subject (a snapshot's first chunks can arrive
+        # before the API's reply), handed out by next_msg in arrival order.
+        self.pending: list[tuple[str, str, dict[str, str], bytes]] = []
         self.inbox_prefix = f"_INBOX.venta-backup.{os.getpid()}.{time.monotonic_ns()}"
         self.info = json.loads(self._readline()[5:])
         context = ssl.create_default_context(cafile=cfg.get("ca") or None)
@@ -132,8 +135,16 @@ class Connection:
         self.sid += 1
         return f"{self.inbox_prefix}.{self.sid}"
 
-    def next_msg(self, timeout: float) -> tuple[str, str, dict[str, str], bytes]:
-        """The next message: (subject, reply, headers, payload); answers server PINGs."""
+    def next_msg(
+        self, timeout: float, subject: str | None = None
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """The next message (on `subject` when given): (subject, reply, headers, payload).
+
+        Messages on other subjects met on the way are kept for later calls. Answers server PINGs.
+        """
+        for index, message in enumerate(self.pending):
+            if subject is None or message[0] == subject:
+                return self.pending.pop(index)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -144,27 +155,33 @@ class Connection:
                 line = self._readline()
             except TimeoutError as exc:
                 raise NatsError(f"no message within {timeout:.0f}s") from exc
+            message = None
             if line.startswith("MSG "):
                 parts = line.split(" ")
                 reply = parts[3] if len(parts) == 5 else ""
-                return parts[1], reply, {}, self._read_exact(int(parts[-1]))
-            if line.startswith("HMSG "):
+                message = (parts[1], reply, {}, self._read_exact(int(parts[-1])))
+            elif line.startswith("HMSG "):
                 parts = line.split(" ")
                 reply = parts[3] if len(parts) == 6 else ""
                 header_len, total_len = int(parts[-2]), int(parts[-1])
                 data = self._read_exact(total_len)
-                return parts[1], reply, parse_headers(data[:header_len]), data[header_len:]
-            if line == "PING":
+                message = (parts[1], reply, parse_headers(data[:header_len]), data[header_len:])
+            elif line == "PING":
                 self._send(b"PONG")
             elif line.startswith("-ERR"):
                 raise NatsError(line)
+            if message is None:
+                continue
+            if subject is None or message[0] == subject:
+                return message
+            self.pending.append(message)
 
     def request(self, subject: str, payload: bytes, timeout: float = 10.0) -> bytes:
         inbox = self.new_inbox()
         sid = self.subscribe(inbox)
         self.publish(subject, payload, inbox)
         try:
-            _subject, _reply, headers, data = self.next_msg(timeout)
+            _subject, _reply, headers, data = self.next_msg(timeout, inbox)
         finally:
             self.unsubscribe(sid)
         if headers.get(":status") == "503":
@@ -228,7 +245,7 @@ def snapshot_stream(conn: Connection, name: str, timeout: float) -> tuple[dict[s
     reply = conn.api(f"$JS.API.STREAM.SNAPSHOT.{name}", request, timeout=timeout)
     data = io.BytesIO()
     while True:
-        _subject, ack, headers, chunk = conn.next_msg(timeout)
+        _subject, ack, headers, chunk = conn.next_msg(timeout, inbox)
         if headers.get(":status") not in (None, "200"):
             raise NatsError(
                 f"snapshot of {name} failed: {headers.get(':status')} {headers.get(':description', '')}"
