@@ -333,13 +333,16 @@ class FakeNats:
         password: str | None = "n4ts",
         tls: ssl.SSLContext | None = None,
         silent: bool = False,
+        keep_open: bool = False,
     ) -> None:
         self.user = user
         self.password = password
         self.tls = tls
         self.silent = silent
+        self.keep_open = keep_open
         self.connects: list[dict[str, Any]] = []
         self.client_pongs = 0
+        self.client_pings = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -373,6 +376,14 @@ class FakeNats:
             self.client_pongs += 1
         writer.write(b"PONG\r\n")
         await writer.drain()
+        while self.keep_open:
+            line = (await reader.readline()).strip()
+            if not line:
+                return
+            if line == b"PING":
+                self.client_pings += 1
+                writer.write(b"PONG\r\n")
+                await writer.drain()
 
 
 @contextlib.asynccontextmanager
@@ -810,3 +821,45 @@ def test_readiness_checks_do_not_reuse_a_failure() -> None:
         return [bool((await cache.get())["redis"]["ok"]) for _attempt in range(3)]
 
     assert asyncio.run(scenario()) == [False, True, True]
+
+
+def test_held_nats_connection_is_reused_for_each_check() -> None:
+    server = FakeNats(keep_open=True)
+
+    async def scenario() -> None:
+        async with fake_nats(server) as port:
+            cfg = standin.load_config(env(NATS_URL=f"nats://venta:n4ts@{LOCALHOST}:{port}"))
+            held = standin.HeldConnections(cfg)
+            for _attempt in range(3):
+                await held.nats_ping()
+            await held.close()
+
+    asyncio.run(scenario())
+    assert len(server.connects) == 1
+    assert server.client_pings == 2
+
+
+def test_held_nats_connection_closed_by_the_server_is_opened_again() -> None:
+    server = FakeNats(keep_open=False)
+
+    async def scenario() -> None:
+        async with fake_nats(server) as port:
+            cfg = standin.load_config(env(NATS_URL=f"nats://venta:n4ts@{LOCALHOST}:{port}"))
+            held = standin.HeldConnections(cfg)
+            await held.nats_ping()
+            await asyncio.sleep(0.05)
+            await held.nats_ping()
+            await held.close()
+
+    asyncio.run(scenario())
+    assert len(server.connects) == 2
+
+
+def test_held_nats_check_fails_when_the_server_is_gone() -> None:
+    cfg = standin.load_config(env(NATS_URL=f"nats://venta:n4ts@{LOCALHOST}:{closed_port()}"))
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        return await standin.run_checks(cfg, standin.HeldConnections(cfg))
+
+    result = asyncio.run(scenario())
+    assert result["nats"]["ok"] is False

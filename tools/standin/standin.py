@@ -557,12 +557,15 @@ async def await_pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             raise NatsError(f"unexpected reply {line[:40]!r}")
 
 
-async def nats_handshake(
-    server: NatsServer, ca_file: str | None = None, name: str = "standin"
-) -> dict[str, Any]:
-    """Open a NATS session with server, check it answers PING with PONG, close it.
+NatsSession = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-    Returns the server's INFO. Raises NatsError, OSError or ssl.SSLError on failure.
+
+async def nats_open(
+    server: NatsServer, ca_file: str | None = None, name: str = "standin"
+) -> tuple[NatsSession, dict[str, Any]]:
+    """Open a NATS session with server and check it answers PING with PONG; keep it open.
+
+    Returns the session and the server's INFO. Raises NatsError, OSError or ssl.SSLError.
     """
     reader, writer = await asyncio.open_connection(server.host, server.port, limit=MAX_LINE)
     try:
@@ -573,11 +576,46 @@ async def nats_handshake(
         writer.write(connect_command(server, name, tls) + b"PING\r\n")
         await writer.drain()
         await await_pong(reader, writer)
-        return info
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+    except BaseException:
+        nats_close((reader, writer))
+        raise
+    return (reader, writer), info
+
+
+def nats_close(session: NatsSession) -> None:
+    session[1].close()
+
+
+async def nats_handshake(
+    server: NatsServer, ca_file: str | None = None, name: str = "standin"
+) -> dict[str, Any]:
+    """Open a NATS session with server, check it answers PING with PONG, close it.
+
+    Returns the server's INFO. Raises NatsError, OSError or ssl.SSLError on failure.
+    """
+    session, info = await nats_open(server, ca_file, name)
+    nats_close(session)
+    with contextlib.suppress(Exception):
+        await session[1].wait_closed()
+    return info
+
+
+async def nats_open_any(
+    servers: Iterable[NatsServer],
+    timeout: float,
+    ca_file: str | None = None,
+    name: str = "standin",
+) -> tuple[NatsServer, NatsSession]:
+    """Open a session with the first server that completes (each within timeout)."""
+    failures = []
+    for server in servers:
+        try:
+            session, _info = await asyncio.wait_for(nats_open(server, ca_file, name), timeout)
+        except (OSError, NatsError, ssl.SSLError, TimeoutError, ValueError) as exc:
+            failures.append(f"{server.display}: {describe_error(exc)}")
+        else:
+            return server, session
+    raise NatsError("; ".join(failures) or "no NATS server configured")
 
 
 async def nats_connect_any(
@@ -607,69 +645,152 @@ async def nats_connect_any(
 class Check:
     name: str
     target: str
-    probe: Callable[[Config], Awaitable[None]]
+    probe: Callable[[], Awaitable[None]]
     budget: float
 
 
-async def probe_postgres(cfg: Config) -> None:
-    import asyncpg
-
-    dsn = dsn_with_sslmode(cfg.database_url or "", cfg.pg_sslmode)
-    conn = await asyncpg.connect(dsn=dsn, timeout=cfg.check_timeout)
-    try:
-        value = await conn.fetchval("select 1", timeout=cfg.check_timeout)
-        if value != 1:
-            raise RuntimeError(f"select 1 returned {value!r}")
-    finally:
-        await conn.close(timeout=cfg.check_timeout)
+async def quiet_close(closing: Awaitable[Any], timeout: float) -> None:
+    """Await a close within timeout, ignoring its failure (the connection is dropped anyway)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(closing, timeout)
 
 
-async def probe_redis(cfg: Config) -> None:
-    from redis import asyncio as aioredis
+class HeldConnections:
+    """The dependency connections /ready checks, held between probes like a real service's.
 
-    client = aioredis.from_url(
-        cfg.redis_url,
-        socket_connect_timeout=cfg.check_timeout,
-        socket_timeout=cfg.check_timeout,
-        retry_on_timeout=False,
-    )
-    try:
-        if not await client.ping():
-            raise RuntimeError("PING did not return PONG")
-    finally:
-        await client.close()
-        await client.connection_pool.disconnect()
+    A Node service answers /ready from its PostgreSQL pool, Redis client and NATS connection; it
+    does not open new connections per probe. The stand-in opens one of each at the first check
+    and keeps it: a check is `select 1`, a Redis PING, a NATS PING/PONG on the held connection.
+    A held connection whose check fails is dropped and the check runs once more on a fresh one,
+    so a connection the server closed while idle (NATS drops a client that missed its pings)
+    costs a reconnect, not a failed probe; a dependency that is down still fails the check.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pg: Any = None
+        self.redis: Any = None
+        self.nats: NatsSession | None = None
+        self.locks = {name: asyncio.Lock() for name in ("postgres", "redis", "nats")}
+        self.closing: set[asyncio.Future[None]] = set()
+
+    @staticmethod
+    async def _checked(
+        held: bool, check: Callable[[], Awaitable[None]], drop: Callable[[], None]
+    ) -> None:
+        """Run check; if it fails on a held connection, drop it and check once more afresh."""
+        try:
+            await check()
+        except Exception:
+            drop()
+            if not held:
+                raise
+            await check()
+
+    async def postgres(self) -> None:
+        timeout = self.cfg.check_timeout
+
+        async def check() -> None:
+            if self.pg is None:
+                import asyncpg
+
+                dsn = dsn_with_sslmode(self.cfg.database_url or "", self.cfg.pg_sslmode)
+                self.pg = await asyncpg.connect(dsn=dsn, timeout=timeout)
+            value = await self.pg.fetchval("select 1", timeout=timeout)
+            if value != 1:
+                raise RuntimeError(f"select 1 returned {value!r}")
+
+        def drop() -> None:
+            conn, self.pg = self.pg, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+
+        async with self.locks["postgres"]:
+            await self._checked(self.pg is not None, check, drop)
+
+    async def redis_ping(self) -> None:
+        timeout = self.cfg.check_timeout
+
+        async def check() -> None:
+            if self.redis is None:
+                from redis import asyncio as aioredis
+
+                self.redis = aioredis.from_url(
+                    self.cfg.redis_url,
+                    socket_connect_timeout=timeout,
+                    socket_timeout=timeout,
+                    retry_on_timeout=False,
+                )
+            if not await self.redis.ping():
+                raise RuntimeError("PING did not return PONG")
+
+        def drop() -> None:
+            client, self.redis = self.redis, None
+            if client is not None:
+                task = asyncio.ensure_future(
+                    quiet_close(client.connection_pool.disconnect(), timeout)
+                )
+                self.closing.add(task)
+                task.add_done_callback(self.closing.discard)
+
+        async with self.locks["redis"]:
+            await self._checked(self.redis is not None, check, drop)
+
+    async def nats_ping(self) -> None:
+        async def check() -> None:
+            if self.nats is None:
+                name = f"standin-{self.cfg.service}-ready"
+                _server, self.nats = await nats_open_any(
+                    self.cfg.nats_servers, self.cfg.check_timeout, self.cfg.nats_ca_file, name
+                )
+                return
+            reader, writer = self.nats
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            await await_pong(reader, writer)
+
+        def drop() -> None:
+            session, self.nats = self.nats, None
+            if session is not None:
+                nats_close(session)
+
+        async with self.locks["nats"]:
+            await self._checked(self.nats is not None, check, drop)
+
+    async def close(self) -> None:
+        """Close what is held (the one-shot check-ready command)."""
+        if self.pg is not None:
+            await quiet_close(self.pg.close(), self.cfg.check_timeout)
+            self.pg = None
+        if self.redis is not None:
+            await quiet_close(self.redis.connection_pool.disconnect(), self.cfg.check_timeout)
+            self.redis = None
+        if self.nats is not None:
+            nats_close(self.nats)
+            self.nats = None
 
 
-async def probe_nats(cfg: Config) -> None:
-    name = f"standin-{cfg.service}-ready"
-    await nats_connect_any(cfg.nats_servers, cfg.check_timeout, cfg.nats_ca_file, name)
-
-
-def configured_checks(cfg: Config) -> list[Check]:
+def configured_checks(cfg: Config, held: HeldConnections | None = None) -> list[Check]:
     """The readiness checks for the dependencies that are configured, and only those."""
+    held = held or HeldConnections(cfg)
     checks = []
     if cfg.database_url:
         checks.append(
-            Check(
-                "postgres",
-                url_target(cfg.database_url),
-                probe_postgres,
-                cfg.check_timeout,
-            )
+            Check("postgres", url_target(cfg.database_url), held.postgres, cfg.check_timeout)
         )
     if cfg.redis_url:
-        checks.append(Check("redis", url_target(cfg.redis_url), probe_redis, cfg.check_timeout))
+        checks.append(Check("redis", url_target(cfg.redis_url), held.redis_ping, cfg.check_timeout))
     if cfg.nats_servers:
         budget = cfg.check_timeout * len(cfg.nats_servers)
-        checks.append(Check("nats", "", probe_nats, budget))
+        checks.append(Check("nats", "", held.nats_ping, budget))
     return checks
 
 
 async def run_check(check: Check, cfg: Config) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(check.probe(cfg), check.budget)
+        await asyncio.wait_for(check.probe(), check.budget)
     except TimeoutError:
         error = f"timed out after {check.budget:g}s"
     except Exception as exc:  # any failure of a dependency means "not ready"
@@ -685,21 +806,30 @@ def elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-async def run_checks(cfg: Config) -> dict[str, dict[str, Any]]:
-    checks = configured_checks(cfg)
-    results = await asyncio.gather(*(run_check(check, cfg) for check in checks))
+async def run_checks(cfg: Config, held: HeldConnections | None = None) -> dict[str, dict[str, Any]]:
+    """Run every configured check once, on held connections (opened when missing).
+
+    Without `held`, on connections of its own that it closes at the end (check-ready).
+    """
+    own = held is None
+    connections = held or HeldConnections(cfg)
+    try:
+        checks = configured_checks(cfg, connections)
+        results = await asyncio.gather(*(run_check(check, cfg) for check in checks))
+    finally:
+        if own:
+            await connections.close()
     return {check.name: result for check, result in zip(checks, results, strict=True)}
 
 
 class ReadinessChecks:
     """The dependency checks of /ready, as cheap as a real service's readiness.
 
-    A Node service holds its PostgreSQL pool, Redis client and NATS connection and reports their
-    state; it does not reconnect per probe. The stand-in connects to check, so it reuses a passing
-    result for ready_cache_seconds and lets concurrent requests share one run: health gates
-    probing every half second then cost one connection per dependency every few seconds (a NATS
-    connection pays a bcrypt check on the server, which under probes of many slots saturated
-    nats-server).
+    The checks run on held connections (HeldConnections); a passing result is also reused for
+    ready_cache_seconds and concurrent requests share one run, so health gates probing many slots
+    every fraction of a second cost a PING per dependency every few seconds. (Opening connections
+    per probe made every NATS probe pay a bcrypt check on the server and saturated nats-server
+    under the gates of a whole-stack rollback.)
 
     A shared run that does not finish within its deadline (a driver stuck in its cancellation)
     is dropped: that request answers "timed out" and the next one starts a fresh run, so one stuck
@@ -709,11 +839,12 @@ class ReadinessChecks:
     def __init__(
         self,
         cfg: Config,
-        runner: Callable[[Config], Awaitable[dict[str, dict[str, Any]]]] = run_checks,
+        runner: Callable[[Config], Awaitable[dict[str, dict[str, Any]]]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
-        self.runner = runner
+        self.held = HeldConnections(cfg)
+        self.runner = runner or (lambda config: run_checks(config, self.held))
         self.clock = clock
         self.result: dict[str, dict[str, Any]] | None = None
         self.taken = 0.0
