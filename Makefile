@@ -17,7 +17,7 @@ INVENTORY ?= inventories/local
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 COLLECTION_BUILD := $(CURDIR)/.build/ansible_collections/venta/deploy
 
-.PHONY: help bootstrap venv lint sanity pytest molecule test lab-up lab-down demo lock clean
+.PHONY: help bootstrap venv lint sanity pytest molecule test lab-up lab-down lab-failover demo lock clean
 
 help:
 	@echo "make demo       bring the lab up and deploy the stack to it"
@@ -26,8 +26,9 @@ help:
 	@echo "make sanity     ansible-test sanity on the collection's plugins"
 	@echo "make pytest     pytest: unit tests of the plugins and tools, role validation tests"
 	@echo "make molecule   Molecule scenarios ($(SCENARIOS))"
-	@echo "make lab-up     create the lab hosts, the registry and push the lab images"
-	@echo "make lab-down   remove the lab hosts"
+	@echo "make lab-up     create the lab hosts (SSH keys, 2 edges, 3 Docker hosts), the registry, the images"
+	@echo "make lab-down   remove the lab hosts (the SSH keys in .lab/ssh stay)"
+	@echo "make lab-failover  fail the edge holding the VIP under traffic, print the failover time"
 	@echo "make bootstrap  install Debian packages, the virtualenv, the engine and the lab images"
 	@echo "make k8s-up     start the local Kubernetes control plane + kwok nodes on 127.0.0.1"
 	@echo "make k8s-down   stop it and remove its run dir"
@@ -77,6 +78,12 @@ lab-up: bootstrap
 
 lab-down: venv
 	ansible-playbook tools/lab/lab.yml -i $(INVENTORY) -e venta_lab_state=absent
+
+# On a deployed lab: stop keepalived (FAILOVER=nginx|kill|link for the other failures) on the
+# edge that holds the VIP while requests go to the VIP, and print how long the failover took.
+FAILOVER ?= keepalived
+lab-failover: venv
+	tools/lab/vip-failover --action $(FAILOVER)
 
 demo: lab-up
 	ansible-playbook playbooks/deploy.yml -i $(INVENTORY)
