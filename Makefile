@@ -83,7 +83,7 @@ lab-down: venv
 # edge that holds the VIP while requests go to the VIP, and print how long the failover took.
 FAILOVER ?= keepalived
 lab-failover: venv
-	tools/lab/vip-failover --action $(FAILOVER)
+	python3 tools/lab/vip-failover --action $(FAILOVER)
 
 demo: lab-up
 	ansible-playbook playbooks/deploy.yml -i $(INVENTORY)
