@@ -12,31 +12,38 @@ version_added: "0.2.0"
 short_description: Switch services' traffic between blue and green (or split it) on an nginx edge
 description:
   - The release switch of the Docker platform. Runs on an edge host converged by the
-    C(venta.deploy.nginx_edge) role and rewrites one service's upstream file,
-    C(<upstream_dir>/<service>.conf), with the requested O(weights) (C(100/0) for blue-green,
-    e.g. C(90/10) for a canary).
-  - "Order: read the recorded release state and the upstream file (nothing differs:
-    C(changed=false), nothing touched); health-gate every backend of each colour that gets
-    weight > 0 (failure: nothing touched); write the new file to a temp file in the same
-    directory, keep a hard-linked backup of the old one and rename atomically; C(nginx -t);
-    reload gracefully; verify through the edge (O(verify_url)); record the state in
-    O(state_file). A failure after the rename puts the previous file back (and reloads again
-    when nginx had already loaded the new one), so traffic is left as it was."
-  - "With O(services) instead of O(service) it switches several services at once, all or nothing,
-    with one lock, one health gate over every target of every changed service, one C(nginx -t),
-    ONE reload, a verification of every changed service through the edge (in parallel) and one
-    write of the state file. Any failure puts every upstream file written so far back (and
-    reloads once more when nginx had already loaded them), so the traffic of every service is
-    left as it was. Services whose plan is unchanged are reported unchanged and not touched."
-  - The file text is byte for byte what the role's template renders for the same weights, so a
-    later deploy (which reads the recorded weights from C(ansible_local.venta_release)) changes
-    nothing.
+    C(venta.deploy.nginx_edge) role and rewrites the upstream file of each service in
+    O(services), C(<upstream_dir>/<service>.conf), with the requested weights (C(100/0) for
+    blue-green, e.g. C(90/10) for a canary). One service is a list of one.
+  - "Order, under the edge's lock: complete or undo an interrupted switch (see below); read the
+    recorded state once and plan every service (nothing differs: C(changed=false), nothing
+    touched); health-gate every backend of each colour that gets weight > 0, for every service
+    at once (failure: nothing touched); write the intent record; write each new file (temp file,
+    rename); ONE C(nginx -t); ONE graceful reload; verify every service through the edge; ONE
+    write of the state; remove the intent. Any failure after the first write puts every previous
+    file back (and reloads once more when nginx had already loaded them), so the traffic of
+    every service is left as it was."
+  - "Crash safety: the intent record (O(state_file) + C(.intent)) holds every file's text before
+    and after. A run that finds it, or finds an upstream file whose weights are not the recorded
+    ones, first completes the interrupted switch (when the state was already recorded) or undoes
+    it (otherwise): files put right, C(nginx -t), reload, verification through the edge, intent
+    removed. With an empty O(services) the module does only that (the nginx_edge role calls it
+    so before a deploy writes anything)."
+  - "Verification: after the reload each service's edge URL is asked until
+    O(verify_successes) answers in a row come from colours with weight AND every colour with
+    weight has answered at least once (a 10 % canary gets up to about 50 requests)."
+  - The file text is byte for byte what the role's template renders for the same weights (the
+    template renders it with this module's own code, the C(venta.deploy.nginx_upstream) filter),
+    so a later deploy changes nothing.
   - "The state file is JSON: C(services.<service>) holds C(weights), C(active), C(previous),
-    C(versions), C(backends), C(switched_at) and the last ten C(history) items; other services'
-    entries are kept as they are. Switches on one edge are serialised with a lock file
-    (O(state_file) + C(.lock))."
+    C(versions), C(backends), C(switched_at), C(last_action) (O(action), O(run_id), time) and the
+    last ten C(history) items; other services' entries are kept as they are. Switches on one
+    edge are serialised with a lock file (O(state_file) + C(.lock))."
   - A reload is graceful, old nginx workers finish their requests and keep WebSockets open for at
     most C(nginx_edge_worker_shutdown_timeout).
+  - "Crash tests: when C(/run/venta-failpoints/nginx_switch) names a phase (C(before-write),
+    C(after-rename), C(after-reload), C(before-record)), the module kills itself with SIGKILL
+    there. Nothing else reads that file."
 extends_documentation_fragment:
   - venta.deploy.http_client
 attributes:
@@ -54,31 +61,29 @@ attributes:
     support: full
     description: A second identical switch reports C(changed=false) and touches nothing.
 options:
-  service:
-    description:
-      - The service's name, as in C(nginx_edge_services); its upstream is
-        C(venta_<name with underscores>).
-      - Exactly one of O(service) and O(services) is required.
-    type: str
   services:
     description:
-      - "Batch mode: the services to switch together, all or nothing, with one C(nginx -t) and
-        one reload (e.g. the rollback of a whole stack). Mutually exclusive with O(service),
-        O(weights), O(backends) and O(versions), which go into each item."
-      - Each item takes the per-service options; O(health_checks), O(verify_url) and
-        O(verify_headers) given at the top level are the defaults of the items that do not set
-        them, every other option (health gate timing, HTTP client, verification counts,
-        O(upstream_dir), O(state_file), the commands, the upstream settings) is shared.
-      - A service may appear once.
+      - The services to switch together, all or nothing, with one C(nginx -t) and one reload (a
+        domain's step of a release, the rollback of a whole stack, or one service).
+      - Each item takes the per-service options; O(health_checks) and O(verify_headers) given at
+        the top level are the defaults of the items that do not set them, every other option
+        (health gate timing, HTTP client, verification, O(upstream_dir), O(state_file), the
+        commands, the upstream settings) is shared.
+      - A service may appear once. An empty list only completes or undoes an interrupted switch.
+    required: true
     type: list
     elements: dict
     suboptions:
       service:
-        description: The service's name, as O(service).
+        description:
+          - The service's name, as in C(nginx_edge_services); its upstream is
+            C(venta_<name with underscores>).
         type: str
         required: true
       weights:
-        description: Traffic share of each colour, as O(weights).
+        description:
+          - Traffic share of each colour, 0 to 100, adding up to 100. A colour left out gets 0.
+          - With equal backend counts per colour the weights are traffic percentages.
         type: dict
         required: true
         suboptions:
@@ -91,7 +96,9 @@ options:
             type: int
             default: 0
       versions:
-        description: The version each slot runs, as O(versions).
+        description:
+          - The version each slot runs, recorded in the state. A colour left out keeps its
+            recorded version.
         type: dict
         suboptions:
           blue:
@@ -102,8 +109,8 @@ options:
             type: str
       backends:
         description:
-          - C(host:port) of every backend of each colour, as O(backends); unset, the recorded
-            ones are used.
+          - C(host:port) of every backend of each colour, as in C(nginx_edge_services[].backends).
+          - When unset, the backends recorded by the last switch are used.
         type: dict
         suboptions:
           blue:
@@ -158,58 +165,26 @@ options:
             type: str
       verify_url:
         description:
-          - This service's edge URL, as O(verify_url); unset, the top-level O(verify_url).
+          - This service's edge URL; unset, O(verify_url_pattern) with the service's name.
         type: str
       verify_headers:
         description:
           - Request headers of this service's verification, as O(verify_headers); unset, the
             top-level O(verify_headers).
         type: dict
-  weights:
-    description:
-      - Traffic share of each colour, 0 to 100, adding up to 100. A colour left out gets 0.
-      - With equal backend counts per colour the weights are traffic percentages.
-      - Required with O(service); with O(services) each item has its own.
-    type: dict
-    suboptions:
-      blue:
-        description: Weight of the blue slot.
-        type: int
-        default: 0
-      green:
-        description: Weight of the green slot.
-        type: int
-        default: 0
-  backends:
-    description:
-      - C(host:port) of every backend of each colour, as in C(nginx_edge_services[].backends).
-      - When unset, the backends recorded by the last switch are used (a rollback needs only
-        O(weights)).
-      - Only with O(service); with O(services) each item has its own.
-    type: dict
-    suboptions:
-      blue:
-        description: Backends of the blue slot.
-        type: list
-        elements: str
-      green:
-        description: Backends of the green slot.
-        type: list
-        elements: str
-  versions:
-    description:
-      - The version each slot runs, recorded in the state. A colour left out keeps its recorded
-        version.
-      - Only with O(service); with O(services) each item has its own.
-    type: dict
-    default: {}
-    suboptions:
-      blue:
-        description: Version of the blue slot.
-        type: str
-      green:
-        description: Version of the green slot.
-        type: str
+      recorded:
+        description:
+          - Recorded as they are instead of computed, copied from another edge's entry by
+            C(playbooks/reconcile.yml) so that the edges agree afterwards.
+        type: dict
+        suboptions:
+          previous:
+            description: The colour a rollback goes to.
+            type: str
+            choices: [blue, green]
+          last_action:
+            description: The last action, C({kind, run_id, at}).
+            type: dict
   health_checks:
     description:
       - Checks run before anything changes, for every colour that gets weight > 0, with the
@@ -218,7 +193,7 @@ options:
         (C(<scheme>://<backend><path>)); an item with O(health_checks[].url) is probed once for
         its O(health_checks[].colour).
       - When unset, C(/health) of every backend must answer 200.
-      - With O(services), the default of the items that do not set their own.
+      - The default of the items that do not set their own.
     type: list
     elements: dict
     suboptions:
@@ -256,8 +231,8 @@ options:
         type: str
       version_header:
         description:
-          - A response header that must equal the colour's version from O(versions) (or the
-            recorded one), e.g. C(X-Venta-Version).
+          - A response header that must equal the colour's version from
+            O(services[].versions) (or the recorded one), e.g. C(X-Venta-Version).
         type: str
   health_successes:
     description: Good answers in a row each health check needs.
@@ -295,23 +270,33 @@ options:
     type: list
     elements: str
     default: [systemctl, reload, venta-edge-switch]
-  verify_url:
+  verify_url_pattern:
     description:
-      - An edge URL that reaches the service's upstream, e.g.
-        C(https://127.0.0.1/_venta/<service>/health). After the reload, up to O(verify_requests)
-        requests are sent until O(verify_successes) in a row answer with O(verify_status_code) and
-        a O(verify_colour_header) naming a colour with weight > 0 (the colour with weight 100
-        when there is one). Otherwise the previous file is put back and nginx reloaded.
-      - When unset the switch is not verified through the edge (not recommended).
-      - With O(services), the default of the items that do not set their own (it rarely fits
-        more than one service, so set O(services[].verify_url) on each item).
+      - The edge URL that reaches a service's upstream, with C({service}) for its name, e.g.
+        C(https://127.0.0.1/_venta/{service}/health). After the reload, each service is asked
+        until O(verify_successes) answers in a row come from colours with weight and each of
+        those colours answered (up to O(verify_requests), more for a small canary weight).
+        Otherwise every previous file is put back and nginx reloaded.
+      - It also verifies the services an interrupted switch is completed or undone for.
+      - Unset (and no O(services[].verify_url)), the switch is not verified through the edge (not
+        recommended).
     type: str
   verify_headers:
     description:
-      - Request headers of the verification, e.g. C(Host).
-      - With O(services), the default of the items that do not set their own.
+      - Request headers of the verification, e.g. C(Host); the default of the items that do not
+        set their own.
     type: dict
     default: {}
+  action:
+    description:
+      - What this switch is, recorded as C(last_action.kind) when a service's weights change. A
+        rollback after a C(rollback) or an C(abort) has nothing left to undo.
+    type: str
+    choices: [release, rollback, abort, reconcile, switch]
+    default: switch
+  run_id:
+    description: The id of the run (the release lock's), recorded with O(action) and the intent.
+    type: str
   verify_status_code:
     description: Status codes of a good verification answer.
     type: list
@@ -322,7 +307,9 @@ options:
     type: str
     default: X-Venta-Colour
   verify_requests:
-    description: Most requests the verification sends.
+    description:
+      - Most requests the verification sends (at least about 500 / the smallest live weight, so
+        a 10 % canary is seen).
     type: int
     default: 20
   verify_successes:
@@ -365,85 +352,62 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Switch api-gateway to green (blue-green)
+- name: Switch api-gateway to green (blue-green; one service is a list of one)
   venta.deploy.nginx_switch:
-    service: api-gateway
-    weights: {blue: 0, green: 100}
-    backends:
-      blue: [venta-app1:15002, venta-app2:15002]
-      green: [venta-app1:25002, venta-app2:25002]
-    versions: {green: "1.1.0"}
+    services:
+      - service: api-gateway
+        weights: {blue: 0, green: 100}
+        backends:
+          blue: [venta-app1:15002, venta-app2:15002]
+          green: [venta-app1:25002, venta-app2:25002]
+        versions: {green: "1.1.0"}
     health_checks:
       - path: /ready
         colour_header: X-Venta-Colour
         version_header: X-Venta-Version
-    verify_url: https://127.0.0.1/_venta/api-gateway/health
+    verify_url_pattern: https://127.0.0.1/_venta/{service}/health
     ca_path: /usr/local/share/ca-certificates/venta-lab-ca.crt
+    action: release
   register: __switch
 
 - name: Canary, 10 % to green (backends as recorded by the last switch)
   venta.deploy.nginx_switch:
-    service: api-gateway
-    weights: {blue: 90, green: 10}
-    verify_url: https://127.0.0.1/_venta/api-gateway/health
+    services:
+      - service: api-gateway
+        weights: {blue: 90, green: 10}
+    verify_url_pattern: https://127.0.0.1/_venta/{service}/health
     ca_path: /usr/local/share/ca-certificates/venta-lab-ca.crt
-
-- name: Roll back to the previous colour
-  venta.deploy.nginx_switch:
-    service: api-gateway
-    weights: "{{ {ansible_local.venta_release.services['api-gateway'].previous: 100} }}"
-    health_successes: 1
 
 - name: Roll back several services with one reload (all or nothing)
   venta.deploy.nginx_switch:
     services:
       - service: api-gateway
         weights: "{{ {ansible_local.venta_release.services['api-gateway'].previous: 100} }}"
-        verify_url: https://127.0.0.1/_venta/api-gateway/health
       - service: geolocation
         weights: "{{ {ansible_local.venta_release.services['geolocation'].previous: 100} }}"
-        verify_url: https://127.0.0.1/_venta/geolocation/health
         health_checks:
           - path: /ready
     health_successes: 1
+    verify_url_pattern: https://127.0.0.1/_venta/{service}/health
     ca_path: /usr/local/share/ca-certificates/venta-lab-ca.crt
+    action: rollback
   register: __rollback
+
+- name: Complete or undo an interrupted switch, nothing else
+  venta.deploy.nginx_switch:
+    services: []
+    verify_url_pattern: https://127.0.0.1/_venta/{service}/health
+    ca_path: /usr/local/share/ca-certificates/venta-lab-ca.crt
 """
 
 RETURN = r"""
-service:
-  description: The service switched.
-  returned: always, with service
-  type: str
-  sample: api-gateway
-upstream_file:
-  description: The upstream file.
-  returned: always, with service
-  type: str
-  sample: /etc/nginx/venta-switch/upstreams/api-gateway.conf
-state_file:
-  description: The release state file.
-  returned: always, with service
-  type: str
-  sample: /etc/ansible/facts.d/venta_release.fact
-before:
-  description:
-    - Weights and active colour before the switch (weights from the recorded state, else read from
-      the upstream file).
-  returned: success, with service
-  type: dict
-  sample: {"weights": {"blue": 100, "green": 0}, "active": "blue"}
-after:
-  description: Weights and active colour after the switch.
-  returned: success, with service
-  type: dict
-  sample: {"weights": {"blue": 0, "green": 100}, "active": "green"}
 services:
   description:
-    - With O(services), one result per requested service, in the order of O(services), with the
-      keys a single switch returns (C(service), C(upstream_file), C(state_file), C(before),
-      C(after), C(state)) and C(changed) (whether that service changed, or would in check mode).
-  returned: success, with services
+    - One result per requested service, in the order of O(services), with C(service),
+      C(upstream_file), C(state_file), C(before) (weights and active colour before, from the
+      recorded state, else read from the upstream file), C(after), C(state) (the entry as
+      recorded, or as it would be in check mode) and C(changed).
+  returned: success
   type: list
   elements: dict
   sample:
@@ -454,25 +418,11 @@ services:
       after: {"weights": {"blue": 100, "green": 0}, "active": "blue"}
       state: {"weights": {"blue": 100, "green": 0}, "active": "blue", "previous": "green"}
       changed: true
-state:
-  description: The service's state entry as recorded (or as it would be, in check mode).
-  returned: success, with service
-  type: dict
-  sample:
-    weights: {"blue": 0, "green": 100}
-    active: green
-    previous: blue
-    versions: {"blue": "1.0.0", "green": "1.1.0"}
-    backends: {"blue": ["venta-app1:15002"], "green": ["venta-app1:25002"]}
-    switched_at: "2025-01-01T12:00:00Z"
-    history:
-      - {"from": {"blue": 100, "green": 0}, "to": {"blue": 0, "green": 100},
-         "at": "2025-01-01T12:00:00Z"}
 actions:
   description:
     - What the switch did, in order (also on failure, including the restore).
-    - "With O(services), each action names its service or upstream file; an unchanged service
-      gets C(<service>: unchanged, not touched)."
+    - "Each action names its service or upstream file; an unchanged service gets
+      C(<service>: unchanged, not touched)."
   returned: always
   type: list
   elements: str
@@ -488,8 +438,8 @@ timings:
   description:
     - Seconds per step, C(health_gate_s), C(write_s), C(validate_s), C(reload_s), C(verify_s),
       C(record_s), C(total_s), and C(switch_s) = write + validate + reload.
-    - With O(services) each step is timed once for the whole batch (the health gate and the
-      verification run in parallel over all services).
+    - Each step is timed once for the whole switch (the health gate and the verification run in
+      parallel over all services); C(recover_s) when an interrupted switch was recovered.
   returned: always
   type: dict
   sample: {"health_gate_s": 1.012, "write_s": 0.0011, "validate_s": 0.061, "reload_s": 0.052,
@@ -497,38 +447,41 @@ timings:
 health:
   description:
     - One result per health-gated URL (colour, backend, URL, attempts, timings, last status).
-    - With O(services) each item also has C(service).
   returned: always
   type: list
   elements: dict
   sample:
-    - {"colour": "green", "backend": "venta-app1:25002", "url": "http://venta-app1:25002/health",
+    - {"service": "api-gateway", "colour": "green", "backend": "venta-app1:25002", "url": "http://venta-app1:25002/health",
        "ok": true, "attempts": 3, "consecutive_successes": 3, "elapsed_s": 1.01,
        "timings_ms": [3.2, 2.1, 2.0], "status": 200}
 verify:
   description:
-    - The verification through the edge (requests sent, colours seen).
-    - With O(services), a dict of such results by service name (services verified only).
+    - The verification through the edge by service name (requests sent, colours seen).
   returned: always
   type: dict
-  sample: {"url": "https://127.0.0.1/_venta/api-gateway/health", "requests": 3,
-           "consecutive_successes": 3, "colours_seen": {"green": 3}, "expected_colours": ["green"]}
+  sample: {"api-gateway": {"url": "https://127.0.0.1/_venta/api-gateway/health", "requests": 3,
+           "consecutive_successes": 3, "colours_seen": {"green": 3},
+           "expected_colours": ["green"]}}
+state:
+  description:
+    - The whole release state of this edge after the switch (as recorded; in check mode as
+      read), every service's entry. With an empty O(services), what the edge records now.
+  returned: success
+  type: dict
+  sample: {"services": {"api-gateway": {"weights": {"blue": 0, "green": 100}, "active": "green"}}}
+recovered:
+  description:
+    - The services an interrupted switch was completed or undone for, and how.
+  returned: always
+  type: dict
+  sample: {"api-gateway": "undone, back to blue 100 / green 0"}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.venta.deploy.plugins.module_utils.docker_switch import (
-    SwitchError,
-    run_switch,
-)
 from ansible_collections.venta.deploy.plugins.module_utils.health_gate import http_argument_spec
-
-# Per-service options that only go with `service`: a batch has them in each item.
-MUTUALLY_EXCLUSIVE = [
-    ("service", "services"),
-    ("services", "weights"),
-    ("services", "backends"),
-    ("services", "versions"),
-]
+from ansible_collections.venta.deploy.plugins.module_utils.release_state import ACTION_KINDS
+from ansible_collections.venta.deploy.plugins.module_utils.switch_request import SwitchError
+from ansible_collections.venta.deploy.plugins.module_utils.switch_transaction import run_switch
 
 
 def argument_spec() -> dict:
@@ -550,7 +503,7 @@ def argument_spec() -> dict:
         "colour_header": {"type": "str"},
         "version_header": {"type": "str"},
     }
-    # An item of `services`: unset values fall back to the top-level options (see ITEM_DEFAULTS).
+    # An item of `services`: unset values fall back to the top-level options (ITEM_DEFAULTS).
     item = {
         "service": {"type": "str", "required": True},
         "weights": {"type": "dict", "required": True, "options": colour_ints},
@@ -559,13 +512,16 @@ def argument_spec() -> dict:
         "health_checks": {"type": "list", "elements": "dict", "options": check},
         "verify_url": {"type": "str"},
         "verify_headers": {"type": "dict"},
+        "recorded": {
+            "type": "dict",
+            "options": {
+                "previous": {"type": "str", "choices": ["blue", "green"]},
+                "last_action": {"type": "dict"},
+            },
+        },
     }
     spec = {
-        "service": {"type": "str"},
-        "services": {"type": "list", "elements": "dict", "options": item},
-        "weights": {"type": "dict", "options": colour_ints},
-        "backends": {"type": "dict", "options": colour_lists},
-        "versions": {"type": "dict", "default": {}, "options": colour_strs},
+        "services": {"type": "list", "elements": "dict", "options": item, "required": True},
         "health_checks": {"type": "list", "elements": "dict", "options": check},
         "health_successes": {"type": "int", "default": 3},
         "health_interval": {"type": "float", "default": 0.5},
@@ -582,7 +538,7 @@ def argument_spec() -> dict:
             "elements": "str",
             "default": ["systemctl", "reload", "venta-edge-switch"],
         },
-        "verify_url": {"type": "str"},
+        "verify_url_pattern": {"type": "str"},
         "verify_headers": {"type": "dict", "default": {}},
         "verify_status_code": {"type": "list", "elements": "int", "default": [200]},
         "verify_colour_header": {"type": "str", "default": "X-Venta-Colour"},
@@ -594,19 +550,15 @@ def argument_spec() -> dict:
         "keepalive": {"type": "int", "default": 32},
         "ansible_managed": {"type": "str", "default": "Ansible managed"},
         "lock_timeout": {"type": "float", "default": 60.0},
+        "action": {"type": "str", "choices": list(ACTION_KINDS), "default": "switch"},
+        "run_id": {"type": "str"},
     }
     spec.update(http_argument_spec())
     return spec
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=MUTUALLY_EXCLUSIVE,
-        required_one_of=[("service", "services")],
-        required_by={"service": "weights"},
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
 
     def run_command(argv: list[str]) -> tuple[int, str, str]:
         return module.run_command(list(argv))

@@ -26,12 +26,19 @@ ws_hold = load_file("release_ws_hold", BENCH / "ws_hold.py")
 
 
 def _switch(service: str, changed: bool, switch_s: float, total_s: float) -> dict:
+    """What venta.deploy.nginx_switch returns for one service (a batch of one)."""
     return {
         "action": "venta.deploy.nginx_switch",
-        "service": service,
         "changed": changed,
         "failed": False,
-        "after": {"weights": {"blue": 0, "green": 100}},
+        "services": [
+            {
+                "service": service,
+                "changed": changed,
+                "after": {"weights": {"blue": 0, "green": 100}},
+            }
+        ],
+        "recovered": {},
         "timings": {"switch_s": switch_s, "total_s": total_s},
     }
 

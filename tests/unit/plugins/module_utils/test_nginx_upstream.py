@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 import yaml
+from ansible.errors import AnsibleFilterError
 from ansible.plugins.filter.core import comment as ansible_comment
+from ansible_collections.venta.deploy.plugins.filter.nginx_upstream import nginx_upstream
 from ansible_collections.venta.deploy.plugins.module_utils.nginx_upstream import (
     COLOURS,
     UpstreamError,
@@ -60,21 +61,6 @@ def role_vars() -> dict[str, Any]:
     }
 
 
-def render_template(service: str, backends: dict, weights: dict, source: str) -> str:
-    """Render the role's template as the template module does (trim_blocks, trailing newline)."""
-    env = jinja2.Environment(
-        trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
-    )
-    env.filters["comment"] = ansible_comment
-    template = env.from_string(TEMPLATE.read_text())
-    return template.render(
-        ansible_managed="Ansible managed",
-        __nginx_edge_service={"name": service, "backends": backends},
-        __nginx_edge_weights={service: {"weights": weights, "source": source}},
-        **role_vars(),
-    )
-
-
 def module_render(service: str, backends: dict, weights: dict, source: str) -> str:
     defaults = role_vars()
     settings = UpstreamSettings(
@@ -93,9 +79,25 @@ def test_role_and_module_agree_on_paths_and_colours() -> None:
 
 
 @pytest.mark.parametrize(("weights", "backends"), CASES)
-def test_module_text_is_the_template_text(weights: dict, backends: dict) -> None:
-    expected = render_template("api-gateway", backends, weights, FACT)
-    assert module_render("api-gateway", backends, weights, FACT) == expected
+def test_the_role_filter_is_the_module_renderer(weights: dict, backends: dict) -> None:
+    """The role's template is the nginx_upstream filter: one renderer for both writers."""
+    assert "venta.deploy.nginx_upstream(" in TEMPLATE.read_text()
+    defaults = role_vars()
+    text = nginx_upstream(
+        "api-gateway",
+        backends,
+        weights,
+        FACT,
+        max_fails=defaults["nginx_edge_upstream_max_fails"],
+        fail_timeout=defaults["nginx_edge_upstream_fail_timeout"],
+        keepalive=defaults["nginx_edge_upstream_keepalive"],
+    )
+    assert text == module_render("api-gateway", backends, weights, FACT)
+
+
+def test_the_filter_names_the_service_on_bad_settings() -> None:
+    with pytest.raises(AnsibleFilterError, match=r"nginx_upstream\(api-gateway\).*fail_timeout"):
+        nginx_upstream("api-gateway", BACKENDS, {"blue": 100}, FACT, fail_timeout="ten")
 
 
 def test_the_managed_header_is_ansibles_comment() -> None:
@@ -176,7 +178,7 @@ PLAYBOOK = """
 """
 
 
-@pytest.mark.parametrize(("weights", "backends"), CASES[2:3] + CASES[5:7])
+@pytest.mark.parametrize(("weights", "backends"), CASES[2:3] + CASES[5:8])
 def test_module_text_is_what_ansible_template_writes(
     tmp_path: Path, weights: dict, backends: dict
 ) -> None:

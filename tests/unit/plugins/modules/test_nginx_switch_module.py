@@ -2,9 +2,9 @@
 
 The fake nginx answers `-t` by checking the upstream files (exit 1 when one names a backend
 marked bad), and `reload` by copying the upstream files to a "loaded" directory, which the fake
-edge (an HTTP server) reads to decide which colour answers. That is enough to prove the module's
-order of operations, restores and results; tests/unit/plugins/module_utils covers the logic and
-molecule/switch the real nginx.
+edge (an HTTP server) reads to decide which colour answers /_venta/<service>/health. That is
+enough to prove the module's order of operations, undo, recovery and results;
+tests/unit/plugins/module_utils covers the logic and molecule/switch the real nginx.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import http.server
 import json
 import re
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.venta.deploy.plugins.module_utils import switch_intent
 from ansible_collections.venta.deploy.plugins.modules import nginx_switch
 
 FAKE_NGINX = """#!/bin/sh
@@ -40,10 +43,14 @@ if [ "$1" = "reload" ]; then
 fi
 exit 2
 """
+SERVICES = ("api-gateway", "geolocation")
+BLUE = {"blue": 100, "green": 0}
+GREEN = {"blue": 0, "green": 100}
 
 
 class Colour(http.server.BaseHTTPRequestHandler):
-    """A backend of one colour, or the edge (its colour comes from the loaded upstream file)."""
+    """A backend of one colour, or (with `loaded`) the edge: /_venta/<service>/... answers with
+    the colour of the service's loaded upstream file."""
 
     colour = "blue"
     loaded: Path | None = None
@@ -51,7 +58,7 @@ class Colour(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         colour = self.colour
         if self.loaded is not None:
-            text = (self.loaded / "api-gateway.conf").read_text()
+            text = (self.loaded / f"{self.path.split('/')[2]}.conf").read_text()
             live = re.findall(r"weight=\d+ max_fails=\S+ \S+ # (\w+)", text)
             colour = live[0] if len(set(live)) == 1 else "mixed"
         body = json.dumps({"status": "ok", "colour": colour}).encode()
@@ -72,11 +79,15 @@ def start(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.Thre
 
 
 class FakeEdge:
+    """An edge with two services, blue live for both (written by the role, loaded by nginx)."""
+
     def __init__(self, tmp_path: Path) -> None:
         self.upstreams = tmp_path / "upstreams"
         self.upstreams.mkdir()
         self.loaded = tmp_path / "loaded"
+        self.loaded.mkdir()
         self.state_file = tmp_path / "facts.d" / "venta_release.fact"
+        self.intent_file = Path(f"{self.state_file}.intent")
         self.log = tmp_path / "nginx.log"
         self.nginx = tmp_path / "nginx"
         self.nginx.write_text(
@@ -84,22 +95,41 @@ class FakeEdge:
         )
         self.nginx.chmod(0o755)
         self.servers: list[http.server.ThreadingHTTPServer] = []
-        self.backends = {"blue": [self.backend("blue")], "green": [self.backend("green")]}
-        edge_handler = type("Edge", (Colour,), {"loaded": self.loaded})
-        self.edge = start(edge_handler)
+        self.slots = {
+            service: {"blue": [self.backend("blue")], "green": [self.backend("green")]}
+            for service in SERVICES
+        }
+        self.edge = start(type("Edge", (Colour,), {"loaded": self.loaded}))
         self.servers.append(self.edge)
+        for service, slots in self.slots.items():
+            text = (
+                f"upstream venta_{service.replace('-', '_')} {{\n"
+                f"    server {slots['blue'][0]} weight=100 max_fails=3 fail_timeout=10s; # blue\n"
+                f"    server {slots['green'][0]} down; # green\n"
+                "}\n"
+            )
+            self.upstreams.joinpath(f"{service}.conf").write_text(text)
+            self.loaded.joinpath(f"{service}.conf").write_text(text)
 
     def backend(self, colour: str) -> str:
         server = start(type(f"{colour}Backend", (Colour,), {"colour": colour}))
         self.servers.append(server)
         return f"127.0.0.1:{server.server_address[1]}"
 
-    def args(self, **overrides: object) -> dict:
-        args: dict = {
-            "service": "api-gateway",
-            "weights": {"blue": 0, "green": 100},
-            "backends": self.backends,
+    def item(self, service: str, **overrides: object) -> dict:
+        item: dict = {
+            "service": service,
+            "weights": GREEN,
+            "backends": self.slots[service],
             "versions": {"green": "1.1.0"},
+        }
+        item.update(overrides)
+        return item
+
+    def args(self, services: list[dict], **overrides: object) -> dict:
+        port = self.edge.server_address[1]
+        args: dict = {
+            "services": services,
             "health_checks": [{"path": "/health", "json_match": {"status": "ok"}}],
             "health_successes": 2,
             "health_interval": 0.01,
@@ -107,14 +137,20 @@ class FakeEdge:
             "state_file": str(self.state_file),
             "test_command": [str(self.nginx), "-t"],
             "reload_command": [str(self.nginx), "reload"],
-            "verify_url": f"http://127.0.0.1:{self.edge.server_address[1]}/_venta/api-gateway/health",
+            "verify_url_pattern": f"http://127.0.0.1:{port}/_venta/{{service}}/health",
             "verify_interval": 0.01,
         }
         args.update(overrides)
         return args
 
+    def texts(self, where: Path) -> dict[str, str]:
+        return {s: where.joinpath(f"{s}.conf").read_text() for s in SERVICES}
+
     def calls(self) -> list[str]:
         return self.log.read_text().split("\n")[:-1] if self.log.exists() else []
+
+    def state(self) -> dict:
+        return json.loads(self.state_file.read_text())
 
     def close(self) -> None:
         # In parallel: each shutdown waits for its server's poll interval (0.5 s).
@@ -130,63 +166,65 @@ class FakeEdge:
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[FakeEdge]:
     edge = FakeEdge(tmp_path)
-    # The deploy's file: blue live, "loaded" by nginx.
-    edge.upstreams.joinpath("api-gateway.conf").write_text(
-        "upstream venta_api_gateway {\n"
-        f"    server {edge.backends['blue'][0]} weight=100 max_fails=3 fail_timeout=10s; # blue\n"
-        f"    server {edge.backends['green'][0]} down; # green\n"
-        "}\n"
-    )
-    edge.loaded.mkdir()
-    edge.loaded.joinpath("api-gateway.conf").write_text(
-        edge.upstreams.joinpath("api-gateway.conf").read_text()
-    )
     yield edge
     edge.close()
 
 
 def test_switch_then_an_identical_switch(edge: FakeEdge, module_runner: Callable) -> None:
-    result = module_runner(nginx_switch.main, **edge.args())
+    args = edge.args([edge.item("api-gateway")], action="release", run_id="r-1")
+    result = module_runner(nginx_switch.main, **args)
     assert result.get("failed") is not True, result
     assert result["changed"] is True
     assert edge.calls() == ["-t", "reload"]
-    assert result["verify"]["colours_seen"] == {"green": 3}
-    assert result["before"]["weights"] == {"blue": 100, "green": 0}
-    assert result["after"] == {"weights": {"blue": 0, "green": 100}, "active": "green"}
+    assert result["verify"]["api-gateway"]["colours_seen"] == {"green": 3}
+    (service,) = result["services"]
+    assert service["before"]["weights"] == BLUE
+    assert service["after"] == {"weights": GREEN, "active": "green"}
     assert "diff" not in result
-    state = json.loads(edge.state_file.read_text())
-    assert state["services"]["api-gateway"]["previous"] == "blue"
+    assert result["recovered"] == {}
+    entry = edge.state()["services"]["api-gateway"]
+    assert entry["previous"] == "blue"
+    assert (entry["last_action"]["kind"], entry["last_action"]["run_id"]) == ("release", "r-1")
+    assert edge.texts(edge.loaded)["api-gateway"] == edge.texts(edge.upstreams)["api-gateway"]
+    assert not edge.intent_file.exists()
     assert result["timings"]["switch_s"] < 1.0
 
-    again = module_runner(nginx_switch.main, **edge.args())
+    again = module_runner(nginx_switch.main, **args)
     assert again["changed"] is False
     assert edge.calls() == ["-t", "reload"]
 
 
 def test_check_mode_with_diff(edge: FakeEdge, module_runner: Callable) -> None:
-    before = edge.upstreams.joinpath("api-gateway.conf").read_text()
+    before = edge.texts(edge.upstreams)
     result = module_runner(
-        nginx_switch.main, **edge.args(), _ansible_check_mode=True, _ansible_diff=True
+        nginx_switch.main,
+        **edge.args([edge.item("api-gateway")]),
+        _ansible_check_mode=True,
+        _ansible_diff=True,
     )
     assert result["changed"] is True
     assert edge.calls() == []
-    assert not edge.state_file.exists()
-    assert edge.upstreams.joinpath("api-gateway.conf").read_text() == before
-    assert result["diff"][0]["before"] == before
+    assert not edge.state_file.parent.exists()
+    assert edge.texts(edge.upstreams) == before
+    assert result["diff"][0]["before"] == before["api-gateway"]
     assert "# green" in result["diff"][0]["after"]
     assert '"active": "green"' in result["diff"][1]["after"]
     assert len(result["health"]) == 1
 
 
 def test_nginx_t_failure_puts_the_old_file_back(edge: FakeEdge, module_runner: Callable) -> None:
-    before = edge.upstreams.joinpath("api-gateway.conf").read_text()
-    backends = {"blue": ["bad-backend:1"], "green": edge.backends["green"]}
-    result = module_runner(nginx_switch.main, **edge.args(backends=backends))
+    before = edge.texts(edge.upstreams)
+    backends = {"blue": ["bad-backend:1"], "green": edge.slots["api-gateway"]["green"]}
+    result = module_runner(
+        nginx_switch.main, **edge.args([edge.item("api-gateway", backends=backends)])
+    )
     assert result["failed"] is True
     assert 'host not found in upstream "bad-backend:1"' in result["msg"]
-    assert edge.upstreams.joinpath("api-gateway.conf").read_text() == before
+    assert "every previous upstream is back (nginx was not reloaded)" in result["msg"]
+    assert edge.texts(edge.upstreams) == before
     assert edge.calls() == ["-t", "-t"]  # the new file, then the restored one; never a reload
-    assert sorted(p.name for p in edge.upstreams.iterdir()) == ["api-gateway.conf"]
+    assert sorted(p.name for p in edge.upstreams.iterdir()) == [f"{s}.conf" for s in SERVICES]
+    assert not edge.intent_file.exists()
 
 
 def test_unhealthy_target_fails_before_touching_anything(
@@ -195,204 +233,197 @@ def test_unhealthy_target_fails_before_touching_anything(
     result = module_runner(
         nginx_switch.main,
         **edge.args(
+            [edge.item("api-gateway")],
             health_checks=[{"path": "/health", "json_match": {"colour": "purple"}}],
             health_timeout=0.3,
         ),
     )
     assert result["failed"] is True
-    assert (
-        f"api-gateway: backend {edge.backends['green'][0]} (green) is not healthy" in result["msg"]
-    )
+    green = edge.slots["api-gateway"]["green"][0]
+    assert f"api-gateway: backend {green} (green) is not healthy" in result["msg"]
     assert "JSON colour == 'purple'" in result["msg"]
     assert edge.calls() == []
     assert result["health"][0]["ok"] is False
+    assert not edge.intent_file.exists()
 
 
 def test_verify_failure_restores_and_reloads(edge: FakeEdge, module_runner: Callable) -> None:
-    before = edge.upstreams.joinpath("api-gateway.conf").read_text()
+    before = edge.texts(edge.upstreams)
     result = module_runner(
-        nginx_switch.main, **edge.args(verify_colour_header="X-Not-There", verify_requests=4)
+        nginx_switch.main,
+        **edge.args(
+            [edge.item("api-gateway")], verify_colour_header="X-Not-There", verify_requests=4
+        ),
     )
     assert result["failed"] is True
     assert "verify through the edge failed" in result["msg"]
-    assert edge.upstreams.joinpath("api-gateway.conf").read_text() == before
-    assert edge.loaded.joinpath("api-gateway.conf").read_text() == before
+    assert edge.texts(edge.upstreams) == before
+    assert edge.texts(edge.loaded) == before
     assert edge.calls() == ["-t", "reload", "-t", "reload"]
     assert not edge.state_file.exists()
-
-
-def test_bad_weights_fail_before_anything(edge: FakeEdge, module_runner: Callable) -> None:
-    result = module_runner(nginx_switch.main, **edge.args(weights={"blue": 60, "green": 60}))
-    assert result["failed"] is True
-    assert "weights must add up to 100" in result["msg"]
-    assert edge.calls() == []
-
-
-# ---- batch mode (`services`): several services, one nginx -t and one reload -------------------
-
-
-class ServiceEdge(Colour):
-    """The edge of several services: /_venta/<service>/... answers with the loaded colour."""
-
-    def do_GET(self) -> None:
-        service = self.path.split("/")[2]
-        assert self.loaded is not None
-        text = (self.loaded / f"{service}.conf").read_text()
-        live = re.findall(r"weight=\d+ max_fails=\S+ \S+ # (\w+)", text)
-        colour = live[0] if len(set(live)) == 1 else "mixed"
-        body = json.dumps({"status": "ok", "service": service, "colour": colour}).encode()
-        self.send_response(200)
-        self.send_header("X-Venta-Colour", colour)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class FakeStack(FakeEdge):
-    """Two services behind one edge, blue live for both."""
-
-    services = ("api-gateway", "geolocation")
-
-    def __init__(self, tmp_path: Path) -> None:
-        super().__init__(tmp_path)
-        self.slots = {
-            "api-gateway": self.backends,
-            "geolocation": {"blue": [self.backend("blue")], "green": [self.backend("green")]},
-        }
-        self.stack_edge = start(type("StackEdge", (ServiceEdge,), {"loaded": self.loaded}))
-        self.servers.append(self.stack_edge)
-
-    def item(self, service: str, **overrides: object) -> dict:
-        port = self.stack_edge.server_address[1]
-        item: dict = {
-            "service": service,
-            "weights": {"blue": 0, "green": 100},
-            "backends": self.slots[service],
-            "versions": {"green": "1.1.0"},
-            "verify_url": f"http://127.0.0.1:{port}/_venta/{service}/health",
-        }
-        item.update(overrides)
-        return item
-
-    def batch(self, services: list[dict], **overrides: object) -> dict:
-        args = self.args(services=services, **overrides)
-        for name in ("service", "weights", "backends", "versions", "verify_url"):
-            args.pop(name)
-        return args
-
-    def upstream_texts(self, where: Path) -> dict[str, str]:
-        return {s: where.joinpath(f"{s}.conf").read_text() for s in self.services}
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[FakeStack]:
-    stack = FakeStack(tmp_path)
-    stack.loaded.mkdir()
-    for service, slots in stack.slots.items():
-        text = (
-            f"upstream venta_{service.replace('-', '_')} {{\n"
-            f"    server {slots['blue'][0]} weight=100 max_fails=3 fail_timeout=10s; # blue\n"
-            f"    server {slots['green'][0]} down; # green\n"
-            "}\n"
-        )
-        stack.upstreams.joinpath(f"{service}.conf").write_text(text)
-        stack.loaded.joinpath(f"{service}.conf").write_text(text)
-    yield stack
-    stack.close()
+    assert not edge.intent_file.exists()
 
 
 def test_batch_switch_with_one_reload_then_an_identical_batch(
-    stack: FakeStack, module_runner: Callable
+    edge: FakeEdge, module_runner: Callable
 ) -> None:
-    services = [stack.item("api-gateway"), stack.item("geolocation")]
-    result = module_runner(nginx_switch.main, **stack.batch(services))
+    services = [edge.item(service) for service in SERVICES]
+    result = module_runner(nginx_switch.main, **edge.args(services))
     assert result.get("failed") is not True, result
     assert result["changed"] is True
-    assert stack.calls() == ["-t", "reload"]
-    assert [s["service"] for s in result["services"]] == ["api-gateway", "geolocation"]
+    assert edge.calls() == ["-t", "reload"]
+    assert [s["service"] for s in result["services"]] == list(SERVICES)
     assert all(s["changed"] for s in result["services"])
     assert [s["after"]["active"] for s in result["services"]] == ["green", "green"]
     assert {s: v["colours_seen"] for s, v in result["verify"].items()} == {
-        "api-gateway": {"green": 3},
-        "geolocation": {"green": 3},
+        s: {"green": 3} for s in SERVICES
     }
-    assert {h["service"] for h in result["health"]} == {"api-gateway", "geolocation"}
+    assert {h["service"] for h in result["health"]} == set(SERVICES)
     assert {"health_gate_s", "switch_s", "total_s"} <= set(result["timings"])
-    assert "diff" not in result
-    entries = json.loads(stack.state_file.read_text())["services"]
-    assert {s: e["active"] for s, e in entries.items()} == {
-        "api-gateway": "green",
-        "geolocation": "green",
-    }
+    entries = edge.state()["services"]
+    assert {s: e["active"] for s, e in entries.items()} == dict.fromkeys(SERVICES, "green")
 
-    again = module_runner(nginx_switch.main, **stack.batch(services))
+    again = module_runner(nginx_switch.main, **edge.args(services))
     assert again["changed"] is False
-    assert stack.calls() == ["-t", "reload"]
+    assert edge.calls() == ["-t", "reload"]
     assert [s["changed"] for s in again["services"]] == [False, False]
 
 
 def test_batch_verify_failure_of_one_service_restores_both(
-    stack: FakeStack, module_runner: Callable
+    edge: FakeEdge, module_runner: Callable
 ) -> None:
-    before = stack.upstream_texts(stack.upstreams)
+    before = edge.texts(edge.upstreams)
     # geolocation's verification asks its blue backend directly: it never answers green.
-    blue = stack.slots["geolocation"]["blue"][0]
+    blue = edge.slots["geolocation"]["blue"][0]
     services = [
-        stack.item("api-gateway"),
-        stack.item("geolocation", verify_url=f"http://{blue}/_venta/geolocation/health"),
+        edge.item("api-gateway"),
+        edge.item("geolocation", verify_url=f"http://{blue}/_venta/geolocation/health"),
     ]
-    result = module_runner(nginx_switch.main, **stack.batch(services, verify_requests=4))
+    result = module_runner(nginx_switch.main, **edge.args(services, verify_requests=4))
     assert result["failed"] is True
     assert result["msg"].startswith(
         "nginx_switch: verify through the edge failed for geolocation: "
     )
-    assert "(nginx reloaded with them)" in result["msg"]
-    assert stack.calls() == ["-t", "reload", "-t", "reload"]
-    assert stack.upstream_texts(stack.upstreams) == before
-    assert stack.upstream_texts(stack.loaded) == before
-    assert not stack.state_file.exists()
+    assert "nginx reloaded with them" in result["msg"]
+    assert edge.calls() == ["-t", "reload", "-t", "reload"]
+    assert edge.texts(edge.upstreams) == before
+    assert edge.texts(edge.loaded) == before
+    assert not edge.state_file.exists()
     assert result["verify"]["api-gateway"]["colours_seen"] == {"green": 3}
 
 
-def test_batch_check_mode_with_diff(stack: FakeStack, module_runner: Callable) -> None:
-    before = stack.upstream_texts(stack.upstreams)
-    services = [stack.item("api-gateway"), stack.item("geolocation")]
+def test_batch_check_mode_with_diff(edge: FakeEdge, module_runner: Callable) -> None:
+    before = edge.texts(edge.upstreams)
+    services = [edge.item(service) for service in SERVICES]
     result = module_runner(
-        nginx_switch.main, **stack.batch(services), _ansible_check_mode=True, _ansible_diff=True
+        nginx_switch.main, **edge.args(services), _ansible_check_mode=True, _ansible_diff=True
     )
     assert result["changed"] is True
-    assert stack.calls() == []
-    assert not stack.state_file.exists()
-    assert stack.upstream_texts(stack.upstreams) == before
+    assert edge.calls() == []
+    assert not edge.state_file.exists()
+    assert edge.texts(edge.upstreams) == before
     assert len(result["diff"]) == 4
     assert result["diff"][2]["before"] == before["geolocation"]
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("change", "message"),
     [
-        ({"service": "api-gateway"}, "parameters are mutually exclusive: service|services"),
-        ({"weights": {"blue": 100}}, "parameters are mutually exclusive: services|weights"),
-        ({"services": None}, "one of the following is required: service, services"),
-        ({"services": [{"service": "api-gateway"}]}, "missing required arguments: weights"),
+        ({"no_services": True}, "missing required arguments: services"),
+        ({"service": "api-gateway"}, "Unsupported parameters for (basic.py) module: service"),
+        ({"verify_url": "http://127.0.0.1/"}, "Unsupported parameters"),
+        ({"item": {"weights": None}}, "missing required arguments: weights found in services"),
+        ({"item": {"colour": "blue"}}, "Unsupported parameters for (basic.py) module: services"),
+        ({"action": "deploy"}, "value of action must be one of: release, rollback, abort"),
+        (
+            {"item": {"weights": {"blue": 60, "green": 60}}},
+            "nginx_switch: services[0] (api-gateway): weights must add up to 100",
+        ),
+        (
+            {"verify_url_pattern": "http://127.0.0.1/health"},
+            "verify_url_pattern 'http://127.0.0.1/health' must contain {service}",
+        ),
     ],
 )
-def test_service_and_services_are_one_or_the_other(
-    stack: FakeStack, module_runner: Callable, args: dict, message: str
+def test_bad_arguments_fail_before_anything(
+    edge: FakeEdge, module_runner: Callable, change: dict, message: str
 ) -> None:
-    base = stack.batch([stack.item("api-gateway")])
-    base.update(args)
-    if base["services"] is None:
-        base.pop("services")
-    result = module_runner(nginx_switch.main, **base)
+    item = edge.item("api-gateway", **change.pop("item", {}))
+    if item["weights"] is None:
+        item.pop("weights")
+    no_services = change.pop("no_services", False)
+    args = edge.args([item], **change)
+    if no_services:
+        args.pop("services")
+    result = module_runner(nginx_switch.main, **args)
     assert result["failed"] is True
     assert message in result["msg"]
-    assert stack.calls() == []
+    assert edge.calls() == []
 
 
-def test_batch_with_a_duplicate_service_names_it(stack: FakeStack, module_runner: Callable) -> None:
-    services = [stack.item("api-gateway"), stack.item("api-gateway")]
-    result = module_runner(nginx_switch.main, **stack.batch(services))
+def test_batch_with_a_duplicate_service_names_it(edge: FakeEdge, module_runner: Callable) -> None:
+    services = [edge.item("api-gateway"), edge.item("api-gateway")]
+    result = module_runner(nginx_switch.main, **edge.args(services))
     assert result["failed"] is True
     assert "services[1] (api-gateway): service api-gateway is listed twice" in result["msg"]
-    assert stack.calls() == []
+    assert edge.calls() == []
+
+
+def test_no_services_on_a_clean_edge_changes_nothing(
+    edge: FakeEdge, module_runner: Callable
+) -> None:
+    result = module_runner(nginx_switch.main, **edge.args([]))
+    assert result.get("failed") is not True, result
+    assert result["changed"] is False
+    assert (result["services"], result["recovered"], result["actions"]) == ([], {}, [])
+    assert edge.calls() == []
+
+
+class Killed(BaseException):
+    """SIGKILL, as the failpoint sends it (the test process survives it)."""
+
+
+def test_a_switch_killed_after_the_reload_is_recovered_by_the_next_run(
+    edge: FakeEdge,
+    module_runner: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    before = edge.texts(edge.upstreams)
+    failpoints = tmp_path / "venta-failpoints"
+    failpoints.mkdir()
+    failpoints.joinpath("nginx_switch").write_text("after-reload\n")
+    monkeypatch.setattr(switch_intent, "FAILPOINT_FILE", str(failpoints / "nginx_switch"))
+    monkeypatch.setattr(switch_intent, "FAILPOINT_HIT", str(failpoints / "nginx_switch.hit"))
+
+    def kill(_pid: int, _signal: int) -> None:
+        raise Killed
+
+    monkeypatch.setattr(switch_intent, "os", types.SimpleNamespace(getpid=lambda: 1, kill=kill))
+    args = edge.args([edge.item("api-gateway")])
+    with patch_module_args(args), pytest.raises(Killed):
+        nginx_switch.main()
+    capsys.readouterr()
+    assert failpoints.joinpath("nginx_switch.hit").read_text() == "after-reload\n"
+    assert edge.calls() == ["-t", "reload"]
+    assert "# green" in edge.texts(edge.loaded)["api-gateway"]  # nginx serves green ...
+    assert edge.intent_file.exists()  # ... which nothing recorded
+    assert not edge.state_file.exists()
+    failpoints.joinpath("nginx_switch").unlink()
+
+    recovered = module_runner(nginx_switch.main, **edge.args([]))
+    assert recovered.get("failed") is not True, recovered
+    assert recovered["changed"] is True
+    assert recovered["recovered"] == {"api-gateway": "undone, back to blue 100 / green 0"}
+    assert recovered["verify"]["api-gateway"]["colours_seen"] == {"blue": 3}
+    assert edge.calls() == ["-t", "reload", "-t", "reload"]
+    assert edge.texts(edge.upstreams) == before
+    assert edge.texts(edge.loaded) == before
+    assert not edge.intent_file.exists()
+
+    switched = module_runner(nginx_switch.main, **args)
+    assert switched["changed"] is True
+    assert switched["recovered"] == {}
+    assert edge.state()["services"]["api-gateway"]["weights"] == GREEN
+    assert "# green" in edge.texts(edge.loaded)["api-gateway"]
