@@ -67,6 +67,12 @@ CASES = [
     ("registry", {"registry_users": [{"username": "a"}]}, "registry_users"),
     ("pki", {"pki_certificates": [{"name": "web"}]}, "pki_certificates"),
     ("pki", {"pki_cert_valid_days": "a year"}, "pki_cert_valid_days"),
+    ("pki", {"pki_cert_valid_days": 397}, "pki_cert_valid_days"),
+    (
+        "release_lock",
+        {"release_lock_group": "no_such_group", "release_lock_playbook": "release.yml"},
+        "release_lock_group",
+    ),
     ("postgresql", {"postgresql_role": "replica"}, "postgresql_primary_host"),
     ("postgresql", {"postgresql_role": "standby"}, "postgresql_role"),
     (
