@@ -20,7 +20,6 @@ sees a half-written one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ansible_collections.venta.deploy.plugins.module_utils.release_state import flock_within
 
 DEFAULT_PATH = "/var/lib/venta/release.lock"
 BREAK_VARIABLE = "venta_release_break_lock"
@@ -209,20 +210,11 @@ def guard(path: str, exclusive: bool) -> Iterator[None]:
 
 
 def wait_for_flock(fd: int, operation: int, path: str) -> None:
-    deadline = time.monotonic() + GUARD_TIMEOUT
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        if time.monotonic() >= deadline:
-            raise ReleaseLockError(
-                f"another run has been taking or releasing the release lock {path} for more "
-                f"than {GUARD_TIMEOUT:g} s ({path}{GUARD_SUFFIX} is locked); run again"
-            )
-        time.sleep(0.02)
+    if not flock_within(fd, operation, GUARD_TIMEOUT):
+        raise ReleaseLockError(
+            f"another run has been taking or releasing the release lock {path} for more "
+            f"than {GUARD_TIMEOUT:g} s ({path}{GUARD_SUFFIX} is locked); run again"
+        )
 
 
 def read_text(path: str) -> str | None:

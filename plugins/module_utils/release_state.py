@@ -252,26 +252,32 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def flock_within(fd: int, operation: int, timeout: float, poll: float = 0.02) -> bool:
+    """Take flock `operation` (LOCK_EX or LOCK_SH) on `fd`, trying until `timeout` s; False then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str, timeout: float) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if missing); give up after `timeout` s."""
     Path(path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise ReleaseStateError(
-                        f"another switch holds {path} for more than {timeout:g}s; wait for it "
-                        "to finish (or raise lock_timeout) and run again"
-                    ) from None
-                time.sleep(0.05)
+        if not flock_within(fd, fcntl.LOCK_EX, timeout):
+            raise ReleaseStateError(
+                f"another switch holds {path} for more than {timeout:g}s; wait for it "
+                "to finish (or raise lock_timeout) and run again"
+            )
         yield
     finally:
         os.close(fd)
