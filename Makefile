@@ -22,7 +22,7 @@ COLLECTION_BUILD := $(CURDIR)/.build/ansible_collections/venta/deploy
 help:
 	@echo "make demo       bring the lab up and deploy the stack to it"
 	@echo "make test       lint, sanity, unit tests and every Molecule scenario"
-	@echo "make lint       ansible-lint (production profile) and ruff"
+	@echo "make lint       ansible-lint (production profile), ruff, promtool check and test rules"
 	@echo "make sanity     ansible-test sanity on the collection's plugins"
 	@echo "make pytest     pytest: unit tests of the plugins and tools, role validation tests"
 	@echo "make molecule   Molecule scenarios ($(SCENARIOS))"
@@ -43,6 +43,8 @@ lint: venv
 	ansible-lint --profile production
 	ruff check plugins tests tools molecule
 	ruff format --check plugins tests tools molecule
+	promtool check rules roles/monitoring/files/rules/*.yml
+	promtool test rules tests/promtool/*.test.yml
 
 # ansible-test needs the collection under ansible_collections/venta/deploy: sanity runs on a copy
 # of the tracked files there, with its own virtualenv (see tools/bootstrap sanity).
